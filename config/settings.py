@@ -1,0 +1,205 @@
+"""Corestream settings: defaults < YAML file < environment variables (prefix ``CORESTREAM_``).
+
+Nested sections use ``__`` in variable names, e.g. ``CORESTREAM_KAFKA__BOOTSTRAP_SERVERS``.
+A YAML file is read from ``--config`` or ``CORESTREAM_CONFIG``; its keys mirror the sections below.
+Every value is validated; a bad one raises :class:`SettingsError` naming the setting and its variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "CORESTREAM_"
+CONFIG_ENV = "CORESTREAM_CONFIG"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names each bad setting."""
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topics: list[str] = Field(default_factory=lambda: ["literature.records"], min_length=1)
+    output_topic: str = "literature.classified"
+    dlq_suffix: str = ".dlq"
+    group_id: str = "corestream"
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    partition_assignment_strategy: str = "range"
+    # Passed verbatim to librdkafka (security.protocol, sasl.*, ...).
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def dlq_topic(self, input_topic: str) -> str:
+        return f"{input_topic}{self.dlq_suffix}"
+
+
+class ElasticsearchSettings(BaseModel):
+    url: str | None = None  # None: the Elasticsearch sink is off
+    index: str = "literature-classifications"
+    username: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    verify_certs: bool = True
+    ca_certs: str | None = None
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_s: float = Field(0.5, gt=0)
+    max_backoff_s: float = Field(30.0, gt=0)
+
+
+class BatchSettings(BaseModel):
+    max_batch_records: int = Field(64, ge=1, le=100_000)
+    max_batch_tokens: int = Field(32_768, ge=1)
+    max_wait_ms: int = Field(200, ge=0)
+    queue_depth: int = Field(2, ge=1, le=64)
+
+
+class ModelSettings(BaseModel):
+    # A checkpoint directory or ``registry://NAME@ENV``.
+    model: str = "artifacts/demo-model"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_seq_length: int = Field(256, ge=8, le=8192)
+    inference_batch_size: int = Field(64, ge=1)
+    reload_interval_s: float = Field(60.0, ge=0)  # 0 disables hot reload
+    cache_dir: str = ".cache/corestream/models"
+
+
+class RegistrySettings(BaseModel):
+    bucket: str = "corestream-models"
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    env: str = "prod"
+    creator: str | None = None
+
+
+class RecordSettings(BaseModel):
+    max_text_chars: int = Field(100_000, ge=100)  # title + abstract above this is rejected as oversize
+    max_message_bytes: int = Field(2_000_000, ge=1_000)
+
+
+class SinkSettings(BaseModel):
+    output_topic_enabled: bool = True
+    jsonl_path: str | None = None  # write results to this JSONL file too
+    delivery_timeout_s: float = Field(30.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9108, ge=0, le=65535)  # 0 picks a free port
+
+
+class ApiSettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    max_batch_records: int = Field(256, ge=1)
+
+
+class Settings(BaseSettings):
+    """All corestream settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    records: RecordSettings = Field(default_factory=RecordSettings)
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    # Records whose source is listed pass through unclassified (cf. a model's "don't run on" list).
+    skip_sources: list[str] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file, which comes in through init kwargs (see load_settings).
+        return env_settings, init_settings
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid settings ({source}):"]
+    for item in error.errors():
+        loc = tuple(item.get("loc", ()))
+        name = ".".join(str(p) for p in loc) or "<root>"
+        lines.append(f"  - {name} (env {_env_name(loc)}): {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional YAML file (or ``CORESTREAM_CONFIG``), env vars and overrides.
+
+    ``overrides`` (e.g. from CLI flags) win over everything else.
+    """
+    config_file = config_file or os.environ.get(CONFIG_ENV) or None
+    data: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    source = f"config file {config_file} and environment" if config_file else "environment"
+    try:
+        settings = Settings(**data)
+        if overrides:
+            merged = _deep_merge(settings.model_dump(), overrides)
+            settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc, source)) from None
+    return settings
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""The stream processor: Kafka source -> decode/validate -> micro-batches -> classify -> sinks -> commit."""

@@ -1,0 +1,1 @@
+"""Offline jobs: datasets, training, evaluation, the model registry and backfill."""
