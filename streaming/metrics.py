@@ -1,0 +1,79 @@
+"""Prometheus metrics of the stream processor (one registry, shared by every component).
+
+Names are the contract with the Grafana dashboard in ``config/grafana``; change both together.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (64, 256, 1024, 4096, 8192, 16384, 32768, 65536, 131072)
+
+RECORDS_CONSUMED = Counter(
+    "corestream_records_consumed_total", "Messages read from the input topics", ["topic"], registry=REGISTRY
+)
+RECORDS_CLASSIFIED = Counter(
+    "corestream_records_classified_total", "Records classified and durably written", registry=REGISTRY
+)
+RECORDS_SKIPPED = Counter(
+    "corestream_records_skipped_total",
+    "Records passed through without this model (skip_sources or the model's dont_run_on list)",
+    ["source"],
+    registry=REGISTRY,
+)
+RECORDS_DEAD_LETTERED = Counter(
+    "corestream_records_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"], registry=REGISTRY
+)
+PREDICTIONS_CORENESS = Counter(
+    "corestream_predictions_coreness_total", "Predicted coreness labels", ["label"], registry=REGISTRY
+)
+PREDICTIONS_CATEGORY = Counter(
+    "corestream_predictions_category_total", "Predicted arXiv categories (above threshold)", ["category"],
+    registry=REGISTRY,
+)
+BATCH_RECORDS = Histogram(
+    "corestream_batch_records", "Records per micro-batch", buckets=_SIZE_BUCKETS, registry=REGISTRY
+)
+BATCH_TOKENS = Histogram(
+    "corestream_batch_tokens", "Tokens per micro-batch", buckets=_TOKEN_BUCKETS, registry=REGISTRY
+)
+INFERENCE_SECONDS = Histogram(
+    "corestream_inference_seconds", "Model time per micro-batch", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+ES_BULK_SECONDS = Histogram(
+    "corestream_es_bulk_seconds", "Elasticsearch bulk request time", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+SINK_ERRORS = Counter(
+    "corestream_sink_errors_total", "Sink write errors (retried or not)", ["sink", "kind"], registry=REGISTRY
+)
+END_TO_END_SECONDS = Histogram(
+    "corestream_end_to_end_seconds",
+    "Message timestamp to sinks acknowledged",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "corestream_consumer_lag", "High watermark minus committed offset", ["topic", "partition"], registry=REGISTRY
+)
+IN_FLIGHT_BATCHES = Gauge(
+    "corestream_in_flight_batches", "Micro-batches between consume and commit", registry=REGISTRY
+)
+PAUSED = Gauge("corestream_paused", "1 while consumption is paused for backpressure or a sink outage",
+               registry=REGISTRY)
+COMMITS = Counter("corestream_commits_total", "Offset commits", registry=REGISTRY)
+MODEL_INFO = Info("corestream_model", "The model in service", registry=REGISTRY)
+MODEL_RELOADS = Counter(
+    "corestream_model_reloads_total", "Hot-reload attempts by outcome", ["outcome"], registry=REGISTRY
+)
+MODEL_RELOAD_FAILED = Gauge(
+    "corestream_model_reload_failed", "1 if the last hot-reload attempt failed", registry=REGISTRY
+)
+
+
+def set_model_info(name: str, version: str, arch: str, device: str) -> None:
+    """``corestream_model_info{name,version,arch,device}``."""
+    MODEL_INFO.info({"name": name, "version": version, "arch": arch, "device": device})
