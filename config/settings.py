@@ -83,6 +83,7 @@ class RegistrySettings(BaseModel):
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
     env: str = "prod"
+    envs: list[str] = Field(default_factory=lambda: ["sandbox", "staging", "prod"], min_length=1)  # promotable
     creator: str | None = None
 
 
