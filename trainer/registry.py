@@ -1,0 +1,440 @@
+"""Model registry on S3: immutable versions, per-environment aliases with history, verified downloads.
+
+Layout under ``s3://{bucket}/{prefix}``::
+
+    models/{name}/{version}/            checkpoint files + manifest.json (sha256/size of every file, ...)
+    models/{name}/aliases/{env}.json    current version of an environment, previous versions, history
+
+Versions are ``v1``, ``v2``, ... A push claims its id with a conditional put (``If-None-Match: *``) so two
+pushers never share a version; the manifest is written last, so a version without one is incomplete and
+invisible. Alias and metadata updates are optimistic (``If-Match`` on the ETag) and retried.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field, ValidationError
+
+from config.settings import RegistrySettings
+from trainer.s3 import is_not_found, is_precondition_failed, s3_client, s3_errors
+
+log = logging.getLogger(__name__)
+
+REGISTRY_SCHEME = "registry://"
+MANIFEST = "manifest.json"
+CLAIM = "_claim.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION = re.compile(r"^v(\d+)$")
+_UPDATE_ATTEMPTS = 5
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done; the message says why."""
+
+
+class IntegrityError(RegistryError):
+    """A downloaded file does not match its manifest entry."""
+
+
+class LabelMismatchError(RegistryError):
+    """The version to promote has other label sets than the one in service."""
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class VersionMetadata(BaseModel):
+    """Mutable per-version settings honoured by the stream processor."""
+
+    dont_run_on: list[str] = Field(default_factory=list)
+    require_gpu: bool = False
+    profiles: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    name: str
+    version: str
+    arch: str
+    coreness_labels: list[str]
+    category_labels: list[str]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: str | None = None
+    trained_at: str | None = None
+    created_at: datetime
+    creator: str
+    files: dict[str, FileEntry]
+    metadata: VersionMetadata = Field(default_factory=VersionMetadata)
+
+
+class AliasEvent(BaseModel):
+    action: Literal["promote", "demote"]
+    version: str
+    replaced: str | None
+    at: datetime
+    by: str
+
+
+class Alias(BaseModel):
+    name: str
+    env: str
+    version: str
+    updated_at: datetime
+    updated_by: str
+    previous: list[str] = Field(default_factory=list)  # versions to demote back to, most recent last
+    history: list[AliasEvent] = Field(default_factory=list)
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str]:
+    """``registry://NAME@ENV`` -> ``(NAME, ENV)``."""
+    body = uri[len(REGISTRY_SCHEME):] if uri.startswith(REGISTRY_SCHEME) else ""
+    name, _, env = body.partition("@")
+    if not name or not env:
+        raise RegistryError(f"model URI must look like registry://NAME@ENV, got {uri!r}")
+    return name, env
+
+
+def default_creator(settings: RegistrySettings) -> str:
+    if settings.creator:
+        return settings.creator
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def checkpoint_files(model_dir: Path) -> dict[str, FileEntry]:
+    """Every file under ``model_dir`` (relative POSIX path -> sha256, size), the manifest excluded."""
+    files = {}
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir).as_posix()
+        if relative != MANIFEST:
+            files[relative] = FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+    return files
+
+
+def build_manifest(model_dir: Path, name: str, version: str, creator: str,
+                   metadata: VersionMetadata | None = None) -> Manifest:
+    """The manifest of a local checkpoint directory (its config.json read by ``models.checkpoint``)."""
+    from models.checkpoint import read_checkpoint_config
+
+    config = read_checkpoint_config(model_dir)
+    return Manifest(
+        name=name, version=version, arch=str(config.get("arch", "unknown")),
+        coreness_labels=list(config.get("coreness_labels", [])),
+        category_labels=list(config.get("category_labels", [])),
+        metrics=dict(config.get("metrics") or {}), data_fingerprint=config.get("data_fingerprint"),
+        trained_at=config.get("created_at"), created_at=datetime.now(UTC), creator=creator,
+        files=checkpoint_files(model_dir), metadata=metadata or VersionMetadata(),
+    )
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Raise :class:`IntegrityError` unless every manifest file is in ``directory`` with its size and sha256."""
+    for relative, entry in manifest.files.items():
+        path = directory / relative
+        if not path.is_file():
+            raise IntegrityError(f"{manifest.name} {manifest.version}: file {relative} is missing")
+        digest = sha256_file(path)
+        if digest != entry.sha256 or path.stat().st_size != entry.size:
+            raise IntegrityError(
+                f"{manifest.name} {manifest.version}: sha256 mismatch for {relative}: manifest says "
+                f"{entry.sha256[:16]}..., file has {digest[:16]}...; refusing to load it"
+            )
+
+
+def label_differences(old: Manifest, new: Manifest) -> list[str]:
+    """Human-readable differences between the label sets of two versions (empty if the same)."""
+    out = []
+    for field in ("coreness_labels", "category_labels"):
+        before, after = set(getattr(old, field)), set(getattr(new, field))
+        if before != after:
+            added, removed = sorted(after - before), sorted(before - after)
+            out.append(f"{field}: +{len(added)} {added[:5]} -{len(removed)} {removed[:5]}")
+    return out
+
+
+def _safe_relative(relative: str) -> str:
+    path = PurePosixPath(relative)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise IntegrityError(f"manifest lists an unsafe file path: {relative!r}")
+    return relative
+
+
+class ModelRegistry:
+    """Push, promote, demote, list and download model versions in an S3 bucket."""
+
+    def __init__(self, settings: RegistrySettings, client: Any | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with s3_errors("registry", self.settings.endpoint_url):
+                self._client = s3_client(self.settings)
+        return self._client
+
+    # ------------------------------------------------------------------ keys and raw objects
+
+    def _key(self, name: str, *parts: str) -> str:
+        return self.prefix + "/".join(("models", name, *parts))
+
+    def _get_json(self, key: str) -> tuple[dict[str, Any], str] | None:
+        """``(document, etag)`` or None if the key does not exist."""
+        with s3_errors(f"reading s3://{self.bucket}/{key}", self.settings.endpoint_url):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+            return json.loads(response["Body"].read()), response["ETag"]
+
+    def _put_json(self, key: str, document: BaseModel | dict[str, Any], *, etag: str | None = None,
+                  create: bool = False) -> bool:
+        """Write ``document``; with ``etag``/``create`` only if unchanged/absent. False if the condition failed."""
+        body = document.model_dump_json(indent=2) if isinstance(document, BaseModel) else json.dumps(document)
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"} if create else {}
+        with s3_errors(f"writing s3://{self.bucket}/{key}", self.settings.endpoint_url):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode(),
+                                       ContentType="application/json", **condition)
+            except ClientError as exc:
+                if condition and is_precondition_failed(exc):
+                    return False
+                raise
+        return True
+
+    def _list_keys(self, prefix: str) -> list[str]:
+        with s3_errors(f"listing s3://{self.bucket}/{prefix}", self.settings.endpoint_url):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    # ------------------------------------------------------------------ reading
+
+    def names(self) -> list[str]:
+        """Model names that have at least one complete version."""
+        keys = self._list_keys(self.prefix + "models/")
+        found = {key[len(self.prefix):].split("/")[1] for key in keys if key.endswith("/" + MANIFEST)}
+        return sorted(found)
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of ``name``, oldest first."""
+        base = self._key(name) + "/"
+        versions = []
+        for key in self._list_keys(base):
+            parts = key[len(base):].split("/")
+            if len(parts) == 2 and parts[1] == MANIFEST and _VERSION.match(parts[0]):
+                versions.append(parts[0])
+        return sorted(versions, key=lambda v: int(v[1:]))
+
+    def _require_name(self, name: str) -> list[str]:
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise RegistryError(f"unknown model {name!r} in s3://{self.bucket}/{self.prefix} (known models: {known})")
+        return versions
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        found = self._get_json(self._key(name, version, MANIFEST))
+        if found is None:
+            versions = self._require_name(name)
+            raise RegistryError(f"unknown version {version!r} of model {name!r} (versions: {', '.join(versions)})")
+        return self._parse(Manifest, found[0], f"{name} {version} manifest")
+
+    def alias(self, name: str, env: str) -> Alias:
+        found = self._get_json(self._key(name, "aliases", f"{env}.json"))
+        if found is None:
+            self._require_name(name)
+            envs = ", ".join(self.aliases(name)) or "none"
+            raise RegistryError(f"model {name!r} has no version in environment {env!r} (environments set: {envs})")
+        return self._parse(Alias, found[0], f"{name} alias {env}")
+
+    def aliases(self, name: str) -> dict[str, Alias]:
+        out = {}
+        for key in self._list_keys(self._key(name, "aliases") + "/"):
+            if key.endswith(".json") and (found := self._get_json(key)):
+                alias = self._parse(Alias, found[0], key)
+                out[alias.env] = alias
+        return out
+
+    def resolve(self, name: str, env: str) -> Manifest:
+        """The manifest of the version ``env`` points to."""
+        return self.manifest(name, self.alias(name, env).version)
+
+    @staticmethod
+    def _parse(model: type[BaseModel], data: dict[str, Any], what: str) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise RegistryError(f"registry document {what} is invalid: {exc.errors()[0]['msg']}") from None
+
+    # ------------------------------------------------------------------ writing
+
+    def push(self, model_dir: str | Path, name: str, *, creator: str | None = None,
+             metadata: VersionMetadata | None = None) -> Manifest:
+        """Upload a checkpoint directory as a new immutable version of ``name``."""
+        from models.checkpoint import CheckpointError
+
+        model_dir = Path(model_dir)
+        if not _NAME.match(name):
+            raise RegistryError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-'")
+        if not model_dir.is_dir():
+            raise RegistryError(f"model directory not found: {model_dir}")
+        creator = creator or default_creator(self.settings)
+        try:
+            manifest = build_manifest(model_dir, name, "v0", creator, metadata)
+        except CheckpointError as exc:
+            raise RegistryError(f"{model_dir} is not a valid checkpoint: {exc}") from None
+        version = self._claim_version(name, creator)
+        manifest.version = version
+        with s3_errors(f"uploading {model_dir} to {name} {version}", self.settings.endpoint_url):
+            for relative in manifest.files:
+                self.client.upload_file(str(model_dir / relative), self.bucket, self._key(name, version, relative))
+        if not self._put_json(self._key(name, version, MANIFEST), manifest, create=True):
+            raise RegistryError(f"{name} {version} already has a manifest; versions are immutable")
+        log.info("pushed model version", extra={"model": name, "version": version, "files": len(manifest.files)})
+        return manifest
+
+    def _claim_version(self, name: str, creator: str) -> str:
+        """Reserve the next free ``vN`` with a conditional put, so concurrent pushes get distinct ids."""
+        base = self._key(name) + "/"
+        taken = {key[len(base):].split("/")[0] for key in self._list_keys(base)}
+        number = max((int(m.group(1)) for v in taken if (m := _VERSION.match(v))), default=0) + 1
+        claim = {"creator": creator, "claimed_at": datetime.now(UTC).isoformat()}
+        for _ in range(100):
+            if self._put_json(self._key(name, f"v{number}", CLAIM), claim, create=True):
+                return f"v{number}"
+            number += 1
+        raise RegistryError(f"could not claim a new version of {name!r}")
+
+    def promote(self, name: str, version: str, env: str, *, force: bool = False, by: str | None = None) -> Alias:
+        """Point ``env`` at ``version``; refuses other label sets than the current version's unless ``force``."""
+        self._require_env(env)
+        manifest = self.manifest(name, version)
+        by = by or default_creator(self.settings)
+
+        def change(alias: Alias | None, now: datetime) -> Alias:
+            if alias is not None and alias.version == version:
+                raise RegistryError(f"{name} {version} is already the version in {env}")
+            if alias is not None and not force:
+                differences = label_differences(self.manifest(name, alias.version), manifest)
+                if differences:
+                    raise LabelMismatchError(
+                        f"{name} {version} has other labels than {alias.version} (in {env}): "
+                        f"{'; '.join(differences)}; use --force to promote anyway"
+                    )
+            previous = [*alias.previous, alias.version] if alias else []
+            history = alias.history if alias else []
+            event = AliasEvent(action="promote", version=version, replaced=alias.version if alias else None,
+                               at=now, by=by)
+            return Alias(name=name, env=env, version=version, updated_at=now, updated_by=by, previous=previous,
+                         history=[*history, event])
+
+        return self._update_alias(name, env, change)
+
+    def demote(self, name: str, env: str, *, by: str | None = None) -> Alias:
+        """Point ``env`` back at the version it had before the current one."""
+        by = by or default_creator(self.settings)
+        self.alias(name, env)  # clear error for unknown names/environments
+
+        def change(alias: Alias | None, now: datetime) -> Alias:
+            if alias is None or not alias.previous:
+                raise RegistryError(f"{name} in {env} has no previous version to go back to")
+            version = alias.previous[-1]
+            event = AliasEvent(action="demote", version=version, replaced=alias.version, at=now, by=by)
+            return Alias(name=name, env=env, version=version, updated_at=now, updated_by=by,
+                         previous=alias.previous[:-1], history=[*alias.history, event])
+
+        return self._update_alias(name, env, change)
+
+    def _require_env(self, env: str) -> None:
+        if env not in self.settings.envs:
+            raise RegistryError(f"unknown environment {env!r} (known: {', '.join(self.settings.envs)}; "
+                                "set CORESTREAM_REGISTRY__ENVS to change)")
+
+    def _update_alias(self, name: str, env: str, change: Any) -> Alias:
+        key = self._key(name, "aliases", f"{env}.json")
+        for _ in range(_UPDATE_ATTEMPTS):
+            found = self._get_json(key)
+            current = self._parse(Alias, found[0], key) if found else None
+            alias = change(current, datetime.now(UTC))
+            if self._put_json(key, alias, etag=found[1] if found else None, create=found is None):
+                log.info("alias updated", extra={"model": name, "env": env, "version": alias.version})
+                return alias
+        raise RegistryError(f"alias {name}@{env} kept changing under concurrent updates; try again")
+
+    def update_metadata(self, name: str, version: str, *, add_dont_run_on: list[str] | None = None,
+                        clear_dont_run_on: bool = False, require_gpu: bool | None = None,
+                        profiles: dict[str, Any] | None = None, remove_profiles: list[str] | None = None) -> Manifest:
+        """Change a version's processor metadata (the checkpoint files stay immutable)."""
+        key = self._key(name, version, MANIFEST)
+        for _ in range(_UPDATE_ATTEMPTS):
+            found = self._get_json(key)
+            if found is None:
+                self.manifest(name, version)  # raises the right "unknown ..." error
+            manifest: Manifest = self._parse(Manifest, found[0], key)
+            meta = manifest.metadata
+            sources = [] if clear_dont_run_on else list(meta.dont_run_on)
+            sources += [s for s in add_dont_run_on or [] if s not in sources]
+            profile_map = {k: v for k, v in {**meta.profiles, **(profiles or {})}.items()
+                           if k not in (remove_profiles or [])}
+            manifest.metadata = VersionMetadata(
+                dont_run_on=sources, require_gpu=meta.require_gpu if require_gpu is None else require_gpu,
+                profiles=profile_map,
+            )
+            if self._put_json(key, manifest, etag=found[1]):
+                return manifest
+        raise RegistryError(f"metadata of {name} {version} kept changing under concurrent updates; try again")
+
+    # ------------------------------------------------------------------ downloading
+
+    def download(self, name: str, version: str, cache_dir: str | Path) -> tuple[Path, Manifest]:
+        """A verified local copy of a version at ``cache_dir/name/version`` (reused when it still verifies)."""
+        manifest = self.manifest(name, version)
+        target = Path(cache_dir) / name / version
+        if target.is_dir():
+            try:
+                verify_files(target, manifest)
+                return target, manifest
+            except IntegrityError as exc:
+                log.warning("cached model is stale or damaged; downloading again", extra={"reason": str(exc)})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+        try:
+            with s3_errors(f"downloading {name} {version}", self.settings.endpoint_url):
+                for relative in manifest.files:
+                    path = staging / _safe_relative(relative)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.client.download_file(self.bucket, self._key(name, version, relative), str(path))
+            verify_files(staging, manifest)
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target, manifest
