@@ -62,6 +62,11 @@ class BatchSettings(BaseModel):
     max_batch_tokens: int = Field(32_768, ge=1)
     max_wait_ms: int = Field(200, ge=0)
     queue_depth: int = Field(2, ge=1, le=64)
+    # Processor behaviour around faults (see docs/processor.md).
+    retry_backoff_s: float = Field(1.0, gt=0)  # first wait before retrying a batch whose sink is unavailable
+    max_retry_backoff_s: float = Field(30.0, gt=0)
+    revoke_wait_s: float = Field(5.0, ge=0)  # on revoke, wait this long for in-flight batches before abandoning
+    shutdown_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, finish and commit in-flight batches within this
 
 
 class ModelSettings(BaseModel):
