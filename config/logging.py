@@ -18,6 +18,19 @@ def mask(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
+def _scrub(key: str, value: object) -> object:
+    """An extra field's value with secret-looking keys and URL credentials masked, nested values included."""
+    if _SECRET_KEYS.search(key):
+        return "***"
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _scrub(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub("", v) for v in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", ...extra fields}``; keys that look secret are masked."""
 
@@ -31,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_"):
                 continue
-            payload[key] = "***" if _SECRET_KEYS.search(key) else value
+            payload[key] = _scrub(key, value)
         if record.exc_info:
             payload["exc"] = mask(self.formatException(record.exc_info))
         return json.dumps(payload, default=str)
