@@ -1,0 +1,213 @@
+"""``corestream-train dataset | undersample | split | stats``: build and shape training data files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from config.cli import CommandError
+from config.settings import Settings
+from models.labels import CorenessProxy
+from trainer.dataset import (
+    DEFAULT_DATE_FIELD,
+    DEFAULT_INDEX,
+    DEFAULT_PAGE_SIZE,
+    DatasetError,
+    SkipCounter,
+    build_from_es,
+    build_from_snapshot,
+    connect,
+    month_range,
+    parse_day,
+    read_dataset,
+    write_jsonl,
+)
+from trainer.split import SPLIT_NAMES, stratified_split, time_split, undated
+from trainer.stats import DatasetStats, format_table
+from trainer.undersample import category_counts, undersample
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_dataset(subparsers)
+    _register_undersample(subparsers)
+    _register_split(subparsers)
+    _register_stats(subparsers)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _register_dataset(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "dataset", help="build a training JSONL file from INSPIRE's Elasticsearch or an arXiv snapshot",
+        description="Write one flat record a line (id, title, abstract, categories, source, coreness, date).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-es", action="store_true", help="read INSPIRE literature records from Elasticsearch")
+    source.add_argument("--from-arxiv-snapshot", metavar="FILE", type=Path,
+                        help="read an arXiv metadata snapshot (JSONL, .gz too)")
+    parser.add_argument("--out", required=True, type=Path, help="output JSONL file (.gz compresses)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    es = parser.add_argument_group("Elasticsearch (--from-es)")
+    es.add_argument("--es-url", help="default: the elasticsearch.url setting")
+    es.add_argument("--index", default=DEFAULT_INDEX, help="literature index (default: %(default)s)")
+    es.add_argument("--year-from", type=int, help="first creation year (required with --from-es)")
+    es.add_argument("--month-from", type=int, default=1, help="first month of --year-from (default: 1)")
+    es.add_argument("--year-to", type=int, help="last creation year, inclusive (required with --from-es)")
+    es.add_argument("--month-to", type=int, default=12, help="last month of --year-to, inclusive (default: 12)")
+    es.add_argument("--date-field", default=DEFAULT_DATE_FIELD,
+                    help="creation date field to filter on (default: %(default)s)")
+    es.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="hits per page (default: %(default)s)")
+    snap = parser.add_argument_group("arXiv snapshot (--from-arxiv-snapshot)")
+    snap.add_argument("--date-from", help="first submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
+    snap.add_argument("--date-to", help="last submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
+    snap.add_argument("--categories", help="comma-separated category prefixes to keep, e.g. hep-th,gr-qc,astro-ph")
+    snap.add_argument("--proxy-file", type=Path, help="coreness proxy YAML (default: config/coreness_proxy.yaml)")
+    parser.set_defaults(func=lambda args, settings: dataset_command(args, settings))
+
+
+def dataset_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        if args.from_es:
+            report = _dataset_from_es(args, settings)
+        else:
+            proxy = CorenessProxy.load(args.proxy_file) if args.proxy_file else None
+            report = build_from_snapshot(
+                args.from_arxiv_snapshot, args.out, proxy=proxy,
+                date_from=parse_day(args.date_from) if args.date_from else None,
+                date_to=parse_day(args.date_to, end=True) if args.date_to else None,
+                categories=[c.strip() for c in (args.categories or "").split(",") if c.strip()],
+                progress=not args.no_progress,
+            )
+    except (DatasetError, ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    print(report)
+    return 0
+
+
+def _dataset_from_es(args: argparse.Namespace, settings: Settings):
+    if args.year_from is None or args.year_to is None:
+        raise DatasetError("--from-es needs --year-from and --year-to")
+    if args.page_size < 1:
+        raise DatasetError(f"--page-size must be at least 1, got {args.page_size}")
+    gte, lt = month_range(args.year_from, args.year_to, args.month_from, args.month_to)
+    client = connect(settings, args.es_url)
+    try:
+        return build_from_es(client, args.index, args.out, gte=gte, lt=lt, date_field=args.date_field,
+                             page_size=args.page_size, progress=not args.no_progress)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- undersample
+
+
+def _register_undersample(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "undersample", help="cap frequent categories, keeping every record with a rare category",
+        description="Records carrying a category seen fewer than THRESHOLD times are all kept; the others are "
+                    "kept (in a seeded random order) while one of their categories has fewer than THRESHOLD kept.",
+    )
+    parser.add_argument("input", type=Path, metavar="IN", help="dataset JSONL file")
+    parser.add_argument("output", type=Path, metavar="OUT", help="undersampled JSONL file")
+    parser.add_argument("--threshold", type=int, default=1000, help="records per category cap (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=lambda args, settings: undersample_command(args))
+
+
+def undersample_command(args: argparse.Namespace) -> int:
+    rows = _read(args.input)
+    try:
+        kept = undersample(rows, args.threshold, args.seed)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    write_jsonl(kept, args.output)
+    before, after = category_counts(rows), category_counts(kept)
+    print(format_table(["category", "before", "after"],
+                       [[cat, count, after[cat]] for cat, count in before.most_common()]))
+    print(f"\nkept {len(kept)} of {len(rows)} records (threshold {args.threshold}, seed {args.seed}) -> {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- split
+
+
+def _register_split(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "split", help="deterministic train/valid/test split (stratified on the primary category, or by time)",
+    )
+    parser.add_argument("input", type=Path, metavar="IN", help="dataset JSONL file")
+    parser.add_argument("--out-dir", type=Path, required=True, help="writes train.jsonl, valid.jsonl, test.jsonl")
+    parser.add_argument("--valid", type=float, default=0.1, help="validation fraction (default: %(default)s)")
+    parser.add_argument("--test", type=float, default=0.1, help="test fraction (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--by-time", action="store_true", help="train on the oldest records, test on the newest")
+    parser.add_argument("--date-field", default="date", help="date field for --by-time (default: %(default)s)")
+    parser.set_defaults(func=lambda args, settings: split_command(args))
+
+
+def split_command(args: argparse.Namespace) -> int:
+    rows = _read(args.input, keep_fields=[args.date_field])
+    try:
+        if args.by_time:
+            missing = undated(rows, args.date_field)
+            if missing:
+                log.warning("%d records have no %s and are left out of the split", len(missing), args.date_field)
+                print(f"left out {len(missing)} records without '{args.date_field}' (e.g. id {missing[0]['id']})")
+            parts = time_split([r for r in rows if r.get(args.date_field)], args.valid, args.test, args.date_field)
+        else:
+            parts = stratified_split(rows, args.valid, args.test, args.seed)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    table = []
+    for name in SPLIT_NAMES:
+        path = args.out_dir / f"{name}.jsonl"
+        write_jsonl(parts[name], path)
+        dates = sorted(str(r[args.date_field]) for r in parts[name] if r.get(args.date_field))
+        table.append([name, len(parts[name]), len(category_counts(parts[name])),
+                      dates[0] if dates else "-", dates[-1] if dates else "-", str(path)])
+    print(format_table(["split", "records", "categories", "first date", "last date", "file"], table))
+    return 0
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def _register_stats(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="counts per category/coreness, text lengths, duplicates (tables, JSON and a PNG plot)",
+    )
+    parser.add_argument("input", type=Path, metavar="IN", help="dataset JSONL file")
+    parser.add_argument("--out-dir", type=Path, help="write stats.json and stats.png here (default: next to IN)")
+    parser.add_argument("--top", type=int, default=40, help="categories shown in the table (default: %(default)s)")
+    parser.set_defaults(func=lambda args, settings: stats_command(args))
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    rows = _read(args.input)
+    stats = DatasetStats.of(rows)
+    out_dir = args.out_dir or args.input.parent
+    stem = args.input.name.removesuffix(".gz").removesuffix(".jsonl")
+    json_path = out_dir / f"{stem}.stats.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
+    png_path = stats.plot(out_dir / f"{stem}.stats.png")
+    print(stats.report(args.top))
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def _read(path: Path, keep_fields: list[str] | None = None) -> list[dict]:
+    """Dataset rows; invalid lines are reported (count by reason) and left out."""
+    skipped = SkipCounter()
+    try:
+        rows = read_dataset(path, skipped, keep_fields=keep_fields or ())
+    except DatasetError as exc:
+        raise CommandError(str(exc)) from None
+    if skipped:
+        print(f"skipped {skipped.total()} invalid lines of {path} ({skipped.summary()})")
+    return rows
