@@ -1,0 +1,179 @@
+"""The Elasticsearch sink: a partial update per result (``doc_as_upsert``) through the official bulk helper.
+
+Retries whole-request failures (connection errors, timeouts, 429 and 5xx) and transient per-item failures
+(429, 5xx, 409) with exponential backoff; other per-item errors (e.g. a mapping conflict) cannot succeed on
+retry and come back at once as :class:`SinkFailure`. Still failing after ``max_retries``: the transient
+items become failures, or, if the cluster itself did not answer, :class:`SinkUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportError, helpers
+
+from config.settings import ElasticsearchSettings, Settings
+from models.records import ClassificationResult
+from streaming.metrics import ES_BULK_SECONDS, SINK_ERRORS
+from streaming.sinks.base import SinkFailure, SinkUnavailable, backoff_delays
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+
+INDEX_MAPPINGS: dict[str, Any] = {
+    "dynamic": True,  # the document may hold the record itself; only the classification is typed here
+    "properties": {
+        "classification": {
+            "properties": {
+                "id": {"type": "keyword"},
+                "coreness": {
+                    "properties": {
+                        "label": {"type": "keyword"},
+                        "scores": {
+                            "properties": {
+                                "core": {"type": "float"},
+                                "non_core": {"type": "float"},
+                                "rejected": {"type": "float"},
+                            }
+                        },
+                    }
+                },
+                "categories": {
+                    "type": "nested",
+                    "properties": {"label": {"type": "keyword"}, "score": {"type": "float"}},
+                },
+                "model": {
+                    "properties": {
+                        "name": {"type": "keyword"},
+                        "version": {"type": "keyword"},
+                        "arch": {"type": "keyword"},
+                    }
+                },
+                "classified_at": {"type": "date"},
+            }
+        }
+    },
+}
+
+
+def es_client(settings: Settings | ElasticsearchSettings) -> Elasticsearch:
+    """A client from settings (URL, basic auth or API key, TLS); retries are the sink's job, not the client's."""
+    es = settings.elasticsearch if isinstance(settings, Settings) else settings
+    if not es.url:
+        raise ValueError("Elasticsearch is not configured (set elasticsearch.url / CORESTREAM_ELASTICSEARCH__URL)")
+    auth: dict[str, Any] = {}
+    if es.api_key is not None:
+        auth["api_key"] = es.api_key.get_secret_value()
+    elif es.username:
+        auth["basic_auth"] = (es.username, es.password.get_secret_value() if es.password else "")
+    tls: dict[str, Any] = {}
+    if es.url.startswith("https"):
+        tls = {"verify_certs": es.verify_certs, "ca_certs": es.ca_certs}
+    return Elasticsearch(es.url, request_timeout=es.request_timeout_s, max_retries=0, **auth, **tls)
+
+
+def ensure_index(client: Elasticsearch, index: str) -> bool:
+    """Create ``index`` with the classification mapping if absent; True if this call created it."""
+    if client.indices.exists(index=index):
+        return False
+    try:
+        client.indices.create(index=index, mappings=INDEX_MAPPINGS)
+    except BadRequestError as exc:
+        if exc.error == "resource_already_exists_exception":  # created concurrently by another process
+            return False
+        raise
+    log.info("created Elasticsearch index", extra={"index": index})
+    return True
+
+
+def update_action(index: str, result: ClassificationResult) -> dict[str, Any]:
+    """Bulk action: set ``classification`` on the record's document, creating it if needed."""
+    return {
+        "_op_type": "update",
+        "_index": index,
+        "_id": result.id,
+        "doc": {"classification": result.model_dump(mode="json")},
+        "doc_as_upsert": True,
+    }
+
+
+def _item_error(info: dict[str, Any]) -> str:
+    error = info.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}".strip()
+    return str(error or f"status {info.get('status')}")
+
+
+class ElasticsearchSink:
+    """Writes results into ``settings.elasticsearch.index``; creates the index on first use."""
+
+    name = "elasticsearch"
+
+    def __init__(self, settings: Settings, client: Elasticsearch | None = None) -> None:
+        self.config = settings.elasticsearch
+        self.index = self.config.index
+        self.client = client or es_client(settings)
+        self._index_ready = False
+
+    def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        pending = [update_action(self.index, result) for result in results]
+        failures: list[SinkFailure] = []
+        delays = backoff_delays(self.config.max_retries, self.config.retry_backoff_s, self.config.max_backoff_s)
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                time.sleep(delays[attempt - 1])
+            try:
+                pending, permanent, last_error = self._bulk(pending)
+                cluster_down = False
+            except (TransportError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status_code not in TRANSIENT_STATUS:
+                    SINK_ERRORS.labels(sink=self.name, kind="request").inc()
+                    raise SinkUnavailable(f"Elasticsearch refused the bulk request: {exc}") from exc
+                cluster_down, last_error = True, f"{type(exc).__name__}: {exc}"
+                SINK_ERRORS.labels(sink=self.name, kind="retried").inc()
+                log.warning("Elasticsearch bulk failed, will retry",
+                            extra={"attempt": attempt + 1, "error": last_error, "pending": len(pending)})
+                continue
+            failures += permanent
+            if not pending:
+                return failures
+            SINK_ERRORS.labels(sink=self.name, kind="retried").inc(len(pending))
+        if cluster_down or len(pending) == len(results):  # nothing got through: the cluster, not the records
+            SINK_ERRORS.labels(sink=self.name, kind="unavailable").inc()
+            raise SinkUnavailable(f"Elasticsearch unavailable after {self.config.max_retries} retries: {last_error}")
+        SINK_ERRORS.labels(sink=self.name, kind="failed").inc(len(pending))
+        return failures + [SinkFailure(action["_id"], f"still failing after retries: {last_error}")
+                           for action in pending]
+
+    def _bulk(self, actions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[SinkFailure], str]:
+        """One bulk round: (actions to retry, permanent failures, last transient error)."""
+        if not self._index_ready:
+            ensure_index(self.client, self.index)
+            self._index_ready = True
+        retry: list[dict[str, Any]] = []
+        permanent: list[SinkFailure] = []
+        last_error = ""
+        with ES_BULK_SECONDS.time():
+            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True)
+            for action, (ok, item) in zip(actions, outcomes, strict=False):
+                if ok:
+                    continue
+                info = next(iter(item.values()))
+                error = _item_error(info)
+                if info.get("status") in TRANSIENT_STATUS:
+                    retry.append(action)
+                    last_error = error
+                else:
+                    SINK_ERRORS.labels(sink=self.name, kind="item").inc()
+                    permanent.append(SinkFailure(action["_id"], f"Elasticsearch rejected the document: {error}"))
+        return retry, permanent, last_error
+
+    def check(self) -> bool:
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        self.client.close()
