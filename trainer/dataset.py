@@ -135,7 +135,7 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], out: str | os.PathLike[str]) 
     """Write rows atomically (to a temporary file, then renamed); returns how many were written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".tmp.{out.name}")  # same suffix: compressed like the target
     count = 0
     try:
         with open_text(tmp, "w") as sink:

@@ -95,6 +95,8 @@ def _dataset_from_es(args: argparse.Namespace, settings: Settings):
     if args.page_size < 1:
         raise DatasetError(f"--page-size must be at least 1, got {args.page_size}")
     gte, lt = month_range(args.year_from, args.year_to, args.month_from, args.month_to)
+    # The client logs each retry with a traceback; the outcome is reported as one line instead.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     client = connect(settings, args.es_url)
     try:
         return build_from_es(client, args.index, args.out, gte=gte, lt=lt, date_field=args.date_field,
