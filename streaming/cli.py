@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from config.cli import build_parser, run_cli
 
 COMMAND_MODULES: list[str] = [
+    "streaming.ops_cli",
+    "streaming.api",
 ]
 
 
