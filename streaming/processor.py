@@ -1,0 +1,408 @@
+"""The stream processor: Kafka -> decode/validate -> micro-batches -> classify -> sinks -> commit.
+
+Only the main thread touches the consumer: it polls, decodes, batches, hands batches to the inference
+thread, and commits the batches that the sink thread reports done, in order. Offsets of a batch are
+committed only after every sink acknowledged it and its dead letters were confirmed (at-least-once).
+See docs/processor.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from config.settings import Settings
+from models.records import REASON_INVALID_RECORD, RecordError, parse_record
+from streaming.batcher import MicroBatcher
+from streaming.dead_letter import DeadLetterWriter
+from streaming.kafka_clients import make_consumer
+from streaming.metrics import (
+    BATCH_RECORDS,
+    BATCH_TOKENS,
+    COMMITS,
+    CONSUMER_LAG,
+    IN_FLIGHT_BATCHES,
+    PAUSED,
+    RECORDS_CONSUMED,
+    RECORDS_SKIPPED,
+)
+from streaming.model_source import ModelSource
+from streaming.offsets import CommitPositions, Ownership
+from streaming.offsets import TopicPartition as TP
+from streaming.sinks.base import Sink
+from streaming.worker import Batch, Envelope, InferenceStage, SinkStage
+
+log = logging.getLogger(__name__)
+
+STUCK_AFTER_S = 60.0  # /healthz fails when the loop has not turned for this long
+LAG_INTERVAL_S = 2.0
+COMMIT_RETRY_S = 1.0
+
+
+class PipelineError(RuntimeError):
+    """A pipeline thread crashed (a bug, not bad input); the processor stopped without committing further."""
+
+
+@dataclass
+class ProcessorStats:
+    consumed: int = 0
+    classified: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits: int = 0
+    abandoned_batches: int = 0
+
+
+class StreamProcessor:
+    """One consumer-group member; scale out by running more of them with the same ``kafka.group_id``."""
+
+    def __init__(self, settings: Settings, model_source: ModelSource, sinks: Sequence[Sink],
+                 dead_letters: DeadLetterWriter) -> None:
+        self.settings = settings
+        self.model_source = model_source
+        self.sinks = list(sinks)
+        self.dead_letters = dead_letters
+        batch = settings.batch
+        self.batcher: MicroBatcher[Envelope] = MicroBatcher(batch.max_batch_records, batch.max_batch_tokens,
+                                                            batch.max_wait_ms)
+        self.ownership = Ownership()
+        self.positions = CommitPositions(self.ownership)
+        self.stats = ProcessorStats()
+        self._skip_sources = frozenset(settings.skip_sources)
+        self._consumer: Consumer | None = None
+        self._infer_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
+        self._sink_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
+        self._done_q: queue.Queue[Batch | None] = queue.Queue()
+        self._ready: deque[Batch] = deque()  # closed batches waiting for room in the inference queue
+        self._in_flight = 0
+        self._seq = 0
+        self._paused = False
+        self._stopping = False
+        self._closing = False
+        self._outage = False
+        self._crash: BaseException | None = None
+        self._abort = threading.Event()
+        self._at_eof: set[TP] = set()
+        self._heartbeat = time.monotonic()
+        self._commit_retry_at = 0.0
+        self._lag_at = 0.0
+        self._inference: InferenceStage | None = None
+        self._sink_stage: SinkStage | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, stop: threading.Event | None = None, until_drained: bool = False) -> ProcessorStats:
+        """Consume until ``stop`` is set (then finish, commit and close) or, with ``until_drained``, until
+        every assigned partition is read to its end and all of it is committed."""
+        stop = stop or threading.Event()
+        self.model_source.current()  # load the model before joining the group
+        self._start_stages()
+        self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True})
+        self._consumer.subscribe(list(self.settings.kafka.input_topics), on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("processor started", extra={"topics": self.settings.kafka.input_topics,
+                                             "group": self.settings.kafka.group_id})
+        try:
+            self._loop(stop, until_drained)
+            self._finish()
+        finally:
+            self._close()
+        if self._crash is not None:
+            raise PipelineError(f"a pipeline thread crashed: {self._crash!r}") from self._crash
+        return self._snapshot()
+
+    def abort(self) -> None:
+        """Stop at once, abandoning in-flight batches uncommitted (a second SIGTERM)."""
+        self._abort.set()
+
+    def health(self) -> tuple[bool, dict]:
+        """Liveness: no crashed thread and the loop turned recently."""
+        age = time.monotonic() - self._heartbeat
+        ok = self._crash is None and age < STUCK_AFTER_S
+        return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None}
+
+    def ready(self) -> tuple[bool, dict]:
+        """Readiness: partitions assigned, model loaded, every sink reachable."""
+        assigned = sorted(f"{t}[{p}]" for t, p in self.ownership.partitions())
+        try:
+            info = self.model_source.current().info
+            model = f"{info.name}@{info.version}"
+        except Exception as exc:  # noqa: BLE001 - not loaded is "not ready"
+            model = None
+            log.debug("model not ready", extra={"error": str(exc)})
+        sinks = {sink.name: bool(sink.check()) for sink in self.sinks}
+        ok = bool(assigned) and model is not None and all(sinks.values())
+        return ok, {"assigned": assigned, "model": model, "sinks": sinks, "paused": self._paused}
+
+    # ------------------------------------------------------------------ main loop
+
+    def _loop(self, stop: threading.Event, until_drained: bool) -> None:
+        while not stop.is_set() and not self._abort.is_set():
+            self._heartbeat = time.monotonic()
+            if self._crash is not None:
+                return
+            self._commit_completed()
+            self._dispatch_ready()
+            self._apply_backpressure()
+            if until_drained and self._drained():
+                log.info("input drained", extra={"consumed": self.stats.consumed})
+                return
+            for message in self._consumer.consume(self.settings.batch.max_batch_records, self._poll_timeout()):
+                self._accept(message)
+            if self.batcher.due():
+                self._close_batch()
+            self._update_lag()
+
+    def _poll_timeout(self) -> float:
+        if len(self.batcher):
+            return max(0.005, min(0.05, self.batcher.max_wait_s))
+        return 0.1
+
+    def _accept(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                self._at_eof.add((message.topic(), message.partition()))
+            elif error.fatal():
+                raise KafkaException(error)
+            else:
+                log.warning("consumer error", extra={"error": error.str()})
+            return
+        tp = (message.topic(), message.partition())
+        epoch = self.ownership.epoch(tp)
+        if epoch is None or self._stopping:  # not ours (any more), or shutting down: not processed, not committed
+            return
+        self._at_eof.discard(tp)
+        RECORDS_CONSUMED.labels(topic=tp[0]).inc()
+        self.stats.consumed += 1
+        ts_type, ts_ms = message.timestamp()
+        env = Envelope(topic=tp[0], partition=tp[1], offset=message.offset(), epoch=epoch, key=message.key(),
+                       value=message.value(), timestamp_s=ts_ms / 1000.0 if ts_type and ts_ms > 0 else None)
+        self._decode(env)
+        closed = self.batcher.add(env, env.tokens)
+        if closed:
+            self._ready.append(self._new_batch(closed))
+
+    def _decode(self, env: Envelope) -> None:
+        """Validate the message; mark it rejected (dead letter) or skipped, or estimate its tokens."""
+        records = self.settings.records
+        try:
+            env.record = parse_record(env.value or b"", records.max_text_chars, records.max_message_bytes)
+        except RecordError as exc:
+            env.rejection = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - unexpected input must become a dead letter, not a crash
+            env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
+            return
+        source = env.record.source
+        if source and (source in self._skip_sources or source in self.model_source.dont_run_on()):
+            env.skipped_source = source
+            RECORDS_SKIPPED.labels(source=source).inc()
+            self.stats.skipped += 1
+            return
+        try:
+            env.tokens = self.model_source.current().count_tokens(env.record)
+        except Exception:  # noqa: BLE001 - only an estimate for batching
+            env.tokens = len(env.record.text) // 4 + 1
+
+    def _new_batch(self, items: list[Envelope]) -> Batch:
+        self._seq += 1
+        batch = Batch(self._seq, items)
+        BATCH_RECORDS.observe(len(items))
+        BATCH_TOKENS.observe(batch.tokens)
+        return batch
+
+    def _close_batch(self) -> None:
+        if len(self.batcher):
+            self._ready.append(self._new_batch(self.batcher.take()))
+
+    def _dispatch_ready(self) -> None:
+        while self._ready:
+            try:
+                self._infer_q.put_nowait(self._ready[0])
+            except queue.Full:
+                break
+            self._ready.popleft()
+            self._in_flight += 1
+            self.stats.batches += 1
+        IN_FLIGHT_BATCHES.set(self._in_flight + len(self._ready))
+
+    def _apply_backpressure(self) -> None:
+        """Pause every assigned partition while batches wait for room, a sink is down, or we are stopping."""
+        want = bool(self._ready) or self._outage or self._stopping
+        if want == self._paused:
+            return
+        partitions = [TopicPartition(t, p) for t, p in self.ownership.partitions()]
+        if partitions:
+            (self._consumer.pause if want else self._consumer.resume)(partitions)
+        self._paused = want
+        PAUSED.set(int(want))
+        log.info("consumption paused" if want else "consumption resumed",
+                 extra={"waiting_batches": len(self._ready), "sink_outage": self._outage})
+
+    def _commit_completed(self) -> None:
+        while True:
+            try:
+                batch = self._done_q.get_nowait()
+            except queue.Empty:
+                break
+            if batch is None:
+                continue
+            self._in_flight -= 1
+            if batch.abandoned:
+                self.stats.abandoned_batches += 1
+            else:
+                self.positions.add(batch.positions)
+        self._commit()
+
+    def _commit(self) -> None:
+        offsets = self.positions.to_commit()
+        if not offsets or time.monotonic() < self._commit_retry_at:
+            return
+        request = [TopicPartition(t, p, offset) for (t, p), offset in offsets.items()]
+        try:
+            answer = self._consumer.commit(offsets=request, asynchronous=False)
+        except KafkaException as exc:
+            self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
+            log.warning("offset commit failed; will retry", extra={"error": str(exc)})
+            return
+        done = {(tp.topic, tp.partition): tp.offset for tp in answer or request if not tp.error}
+        self.positions.mark_committed(done)
+        COMMITS.inc()
+        self.stats.commits += 1
+
+    def _drained(self) -> bool:
+        assigned = self.ownership.partitions()
+        return (bool(assigned) and assigned <= self._at_eof and not len(self.batcher) and not self._ready
+                and not self._in_flight and not self.positions.to_commit())
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._lag_at:
+            return
+        self._lag_at = now + LAG_INTERVAL_S
+        for topic, partition in self.ownership.partitions():
+            tp = TopicPartition(topic, partition)
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                base = self.positions.committed.get((topic, partition))
+                if base is None:
+                    base = self._consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            if high >= 0 and base >= 0:
+                CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(max(0, high - base))
+
+    # ------------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self.ownership.assign(tps)
+        self._at_eof.difference_update(tps)
+        if "cooperative" in self.settings.kafka.partition_assignment_strategy:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        log.info("partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in tps]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish in-flight work if quick (committing it while we still own the partitions), else abandon it."""
+        revoked = {(p.topic, p.partition) for p in partitions}
+        if not self._closing and self._crash is None:
+            self._close_batch()
+            deadline = time.monotonic() + self.settings.batch.revoke_wait_s
+            while (self._ready or self._in_flight) and time.monotonic() < deadline and self._crash is None:
+                self._commit_completed()
+                self._dispatch_ready()
+                time.sleep(0.02)
+            self._commit_completed()
+        self._release(revoked, why="revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release({(p.topic, p.partition) for p in partitions}, why="lost")
+
+    def _release(self, partitions: set[TP], why: str) -> None:
+        self.ownership.revoke(partitions)
+        self.positions.forget(partitions)
+        self._at_eof.difference_update(partitions)
+        dropped = self.batcher.discard(lambda env: env.tp in partitions)
+        for batch in self._ready:
+            batch.items = [env for env in batch.items if env.tp not in partitions]
+        self._ready = deque(batch for batch in self._ready if batch.items)
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(topic, str(partition))
+        log.info(f"partitions {why}", extra={"partitions": sorted(f"{t}[{p}]" for t, p in partitions),
+                                             "in_flight_abandoned": self._in_flight, "dropped_pending": dropped})
+
+    # ------------------------------------------------------------------ start / stop
+
+    def _start_stages(self) -> None:
+        batch = self.settings.batch
+        common = {"abort": self._abort, "on_crash": self._on_crash}
+        self._inference = InferenceStage(self.model_source, self.ownership, inbox=self._infer_q,
+                                         outbox=self._sink_q, **common)
+        self._sink_stage = SinkStage(
+            self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
+            max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
+            on_outage=self._on_outage, inbox=self._sink_q, outbox=self._done_q, **common)
+        self._inference.start()
+        self._sink_stage.start()
+
+    def _on_crash(self, exc: BaseException) -> None:
+        self._crash = exc
+
+    def _on_outage(self, down: bool) -> None:
+        self._outage = down
+
+    def _finish(self) -> None:
+        """Graceful stop: no new input; finish, write and commit what is in flight within the shutdown timeout."""
+        if self._abort.is_set() or self._crash is not None:
+            return
+        self._stopping = True
+        self._close_batch()
+        self._apply_backpressure()
+        deadline = time.monotonic() + self.settings.batch.shutdown_timeout_s
+        while (self._ready or self._in_flight) and self._crash is None and not self._abort.is_set():
+            if time.monotonic() > deadline:
+                log.warning("shutdown timeout: abandoning in-flight batches uncommitted",
+                            extra={"batches": self._in_flight + len(self._ready)})
+                break
+            self._heartbeat = time.monotonic()
+            self._commit_completed()
+            self._dispatch_ready()
+            self._consumer.consume(1, 0.05)  # keeps group membership; paused, and anything returned is ignored
+        self._commit_completed()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._abort.set()
+        for stage in (self._inference, self._sink_stage):
+            if stage is not None:
+                stage.join(10)
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the consumer failed", extra={"error": str(exc)})
+        IN_FLIGHT_BATCHES.set(0)
+        PAUSED.set(0)
+        stats = self._snapshot()
+        log.info("processor stopped", extra=vars(stats))
+
+    def _snapshot(self) -> ProcessorStats:
+        if self._sink_stage is not None:
+            self.stats.classified = self._sink_stage.classified
+            self.stats.dead_lettered = self._sink_stage.dead_lettered
+        return ProcessorStats(**vars(self.stats))
