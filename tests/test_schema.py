@@ -1,0 +1,152 @@
+"""The record schema (models/records.py): both input shapes, normalisation, and a precise error for each bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.records import (
+    REASON_EMPTY,
+    REASON_INVALID_JSON,
+    REASON_INVALID_RECORD,
+    REASON_NOT_UTF8,
+    REASON_OVERSIZE,
+    ClassificationResult,
+    CorenessResult,
+    CorenessScores,
+    ModelInfo,
+    Record,
+    RecordError,
+    parse_record,
+)
+
+INSPIRE = {
+    "control_number": 1234567,
+    "titles": [{"source": "arXiv"}, {"title": "  Search for\n dark   matter ", "source": "publisher"}],
+    "abstracts": [{"value": "We  search\tfor it.", "source": "arXiv"}],
+    "arxiv_eprints": [{"value": "2101.00001", "categories": ["hep-ex", "hep-ph"]},
+                      {"value": "2101.00002", "categories": ["hep-ph", "astro-ph.CO"]}],
+    "acquisition_source": {"source": "arXiv", "method": "hepcrawl"},
+    "core": True,
+    "authors": [{"full_name": "Doe, J."}],
+}
+FLAT = {"id": "2101.00001", "title": "Search for dark matter", "abstract": "We search for it.",
+        "categories": "hep-ex  hep-ph", "source": " arXiv ", "coreness": "non-core"}
+
+
+def test_inspire_shape() -> None:
+    record = parse_record(INSPIRE)
+    assert record == Record(id="1234567", title="Search for dark matter", abstract="We search for it.",
+                            categories=["hep-ex", "hep-ph", "astro-ph.CO"], source="arXiv", coreness="core")
+    assert record.text == "Search for dark matter. We search for it."
+    assert parse_record({**INSPIRE, "core": False}).coreness == "non_core"
+    assert parse_record({**INSPIRE, "coreness": "rejected"}).coreness == "rejected"
+    minimal = parse_record({"control_number": 7, "titles": [{"title": "Only a title"}]})
+    assert (minimal.abstract, minimal.categories, minimal.source, minimal.coreness) == ("", [], None, None)
+    assert minimal.text == "Only a title"
+
+
+def test_flat_shape() -> None:
+    record = parse_record(FLAT)
+    assert record == Record(id="2101.00001", title="Search for dark matter", abstract="We search for it.",
+                            categories=["hep-ex", "hep-ph"], source="arXiv", coreness="non_core")
+    assert parse_record({"id": 5, "abstract": "No title."}).text == "No title."
+    assert parse_record({**FLAT, "categories": [" hep-th ", ""], "source": "  ", "coreness": None}).model_dump() == {
+        **record.model_dump(), "categories": ["hep-th"], "source": None, "coreness": None}
+    assert parse_record({**FLAT, "coreness": "Non Core"}).coreness == "non_core"
+    without_label = {key: value for key, value in FLAT.items() if key != "coreness"}
+    assert parse_record(without_label | {"core": True}).coreness == "core"
+
+
+def test_bytes_str_and_mapping_agree() -> None:
+    as_json = json.dumps(INSPIRE)
+    assert parse_record(as_json.encode()) == parse_record(as_json) == parse_record(INSPIRE)
+    assert parse_record(json.dumps(FLAT, ensure_ascii=False).encode("utf-8")) == parse_record(FLAT)
+    assert parse_record(json.dumps({"id": "u", "title": "Élan vital ∂"}).encode()).title == "Élan vital ∂"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "message"),
+    [
+        ({"id": "x", "title": " ", "abstract": None}, REASON_INVALID_RECORD,
+         "record x: missing title and abstract (at least one is required)"),
+        ({"control_number": 9, "titles": [], "abstracts": [{"value": "\n"}]}, REASON_INVALID_RECORD,
+         "record 9: missing title and abstract"),
+        ({"title": "T"}, REASON_INVALID_RECORD, "missing required field 'id'"),
+        ({"id": "  ", "title": "T"}, REASON_INVALID_RECORD, "field 'id' is empty"),
+        ({"id": True, "title": "T"}, REASON_INVALID_RECORD, "field 'id' must be a string or integer, got boolean"),
+        ({"id": "x", "title": ["T"]}, REASON_INVALID_RECORD, "field 'title' must be a string, got array"),
+        ({"id": "x", "title": "T", "abstract": 3}, REASON_INVALID_RECORD,
+         "field 'abstract' must be a string, got number"),
+        ({"id": "x", "title": "T", "categories": [1, 2]}, REASON_INVALID_RECORD,
+         "field 'categories' must be a list of strings or a space-separated string"),
+        ({"id": "x", "title": "T", "source": {"a": 1}}, REASON_INVALID_RECORD,
+         "field 'source' must be a string, got object"),
+        ({"id": "x", "title": "T", "coreness": "maybe"}, REASON_INVALID_RECORD,
+         "field 'coreness' must be true/false or one of core, non-core, rejected; got 'maybe'"),
+        ({"control_number": 1, "titles": {"title": "T"}}, REASON_INVALID_RECORD,
+         "field 'titles' must be a list of objects, got object"),
+        ({"control_number": 1, "titles": ["T"]}, REASON_INVALID_RECORD,
+         "field 'titles[0]' must be an object, got string"),
+        ({"control_number": 1, "titles": [{"title": "T"}], "arxiv_eprints": [{"categories": 5}]}, REASON_INVALID_RECORD,
+         "field 'arxiv_eprints[0].categories' must be a list of strings"),
+        ({"control_number": 1, "titles": [{"title": "T"}], "acquisition_source": "arXiv"}, REASON_INVALID_RECORD,
+         "field 'acquisition_source' must be an object, got string"),
+        ({"id": "x", "title": "bin\x00ary"}, REASON_INVALID_RECORD,
+         "field 'title' contains NUL characters (binary data, not text)"),
+        ({"control_number": 1, "titles": [{"title": "T"}], "abstracts": [{"value": "a\x00b"}]}, REASON_INVALID_RECORD,
+         "field 'abstracts[].value' contains NUL characters"),
+        (["not", "an", "object"], REASON_INVALID_RECORD, "record must be a JSON object, got array"),
+        (b'"just a string"', REASON_INVALID_RECORD, "record must be a JSON object, got string"),
+        (b"null", REASON_INVALID_RECORD, "record must be a JSON object, got null"),
+        (b'{"id": "x", "title": ', REASON_INVALID_JSON, "message is not JSON: Expecting value at line 1 column 22"),
+        ("{'id': 1}", REASON_INVALID_JSON, "message is not JSON: Expecting property name enclosed in double quotes"),
+        (b'{"id": "x", "title": "caf\xe9"}', REASON_NOT_UTF8, "message is not valid UTF-8 (invalid continuation byte"),
+        (b"\xff\xfe{}", REASON_NOT_UTF8, "message is not valid UTF-8 (invalid start byte at byte 0)"),
+        (b"", REASON_EMPTY, "message is empty"),
+        (b" \n\t ", REASON_EMPTY, "message is empty"),
+        (None, REASON_EMPTY, "message is empty"),
+    ],
+)
+def test_bad_input_reason_and_message(data: object, reason: str, message: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        parse_record(data) if data is not None else parse_record_from_kafka(None)
+    assert caught.value.reason == reason
+    assert caught.value.message.startswith(message), caught.value.message
+    assert str(caught.value) == f"{reason}: {caught.value.message}"
+
+
+def parse_record_from_kafka(value: bytes | None) -> Record:
+    """A tombstone (no value) from Kafka goes through decode_message like any message."""
+    from models.records import decode_message
+
+    return parse_record(decode_message(value))
+
+
+def test_oversize() -> None:
+    text = "x" * 600
+    with pytest.raises(RecordError) as caught:
+        parse_record({"id": "big", "title": text, "abstract": text}, max_text_chars=1000)
+    assert caught.value.reason == REASON_OVERSIZE
+    assert caught.value.message == "record big: title + abstract is 1200 characters, above the limit of 1000"
+    assert parse_record({"id": "ok", "title": text, "abstract": "y" * 400}, max_text_chars=1000).id == "ok"
+
+    message = json.dumps({"id": "big", "title": "t" * 500}).encode()
+    with pytest.raises(RecordError) as caught:
+        parse_record(message, max_bytes=100)
+    assert caught.value.reason == REASON_OVERSIZE
+    assert caught.value.message == f"message is {len(message)} bytes, above the limit of 100"
+    assert parse_record(message, max_bytes=len(message)).id == "big"
+
+
+def test_result_serialises() -> None:
+    result = ClassificationResult(
+        id="1", coreness=CorenessResult(label="core", scores=CorenessScores(core=0.8, non_core=0.15, rejected=0.05)),
+        categories=[{"label": "hep-th", "score": 0.9}], model=ModelInfo(name="m", version="v1", arch="bag"),
+    )
+    data = json.loads(result.model_dump_json())
+    assert data["coreness"] == {"label": "core", "scores": {"core": 0.8, "non_core": 0.15, "rejected": 0.05}}
+    assert data["categories"] == [{"label": "hep-th", "score": 0.9}]
+    assert data["classified_at"].endswith("Z") or "+00:00" in data["classified_at"]
+    assert ClassificationResult.model_validate_json(result.model_dump_json()) == result
