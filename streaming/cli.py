@@ -10,6 +10,7 @@ COMMAND_MODULES: list[str] = [
     "streaming.ops_cli",
     "streaming.run_cmd",
     "streaming.api",
+    "streaming.api",
 ]
 
 

@@ -1,0 +1,323 @@
+"""HTTP predict API (FastAPI): the stream's model and micro-batcher behind a request/response interface.
+
+* ``POST /api/v1/predict``: ``{"records": [record, ...]}`` of either record shape -> ``{"results": [...]}``.
+* ``POST /api/predict/coreness``: the classic INSPIRE classifier call, ``{"title", "abstract"}`` ->
+  ``{"prediction": "core"|"non_core"|"rejected", "scores": {"core", "non_core", "rejected"}}``.
+* ``GET /api/v1/health``: model loaded, name/version/arch, device.
+* ``GET /metrics``: Prometheus metrics (``streaming.metrics.REGISTRY``).
+
+Records of concurrent requests are coalesced into micro-batches (:class:`streaming.batcher.MicroBatcher`)
+by one worker thread that also runs inference, so the event loop never blocks on the model.
+``corestream serve`` runs it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from config.cli import CommandError
+from config.settings import BatchSettings, Settings
+from models.records import (
+    ClassificationResult,
+    CorenessLabel,
+    CorenessScores,
+    ModelInfo,
+    Record,
+    RecordError,
+    parse_record,
+)
+from streaming.batcher import MicroBatcher
+from streaming.metrics import REGISTRY
+from streaming.model_source import ModelLoadError, ModelSource
+
+log = logging.getLogger(__name__)
+
+REASON_SKIPPED_SOURCE = "skipped_source"
+
+EXAMPLE_RECORD = {
+    "id": "1802.01234",
+    "title": "Search for dark photons in rare kaon decays",
+    "abstract": "We search for a light vector boson produced in K+ decays with the NA62 detector.",
+}
+
+
+# --------------------------------------------------------------------------- request and response bodies
+
+
+class PredictRequest(BaseModel):
+    records: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Records to classify: flat (id, title, abstract, ...) or INSPIRE literature records "
+        "(control_number, titles, abstracts, ...). At most api.max_batch_records per request.",
+        examples=[[EXAMPLE_RECORD]],
+    )
+
+
+class PredictResponse(BaseModel):
+    results: list[ClassificationResult] = Field(description="One result per record, in request order")
+
+
+class CorenessRequest(BaseModel):
+    """The request of the classic INSPIRE classifier (``/api/predict/coreness``)."""
+
+    title: str
+    abstract: str
+
+
+class CorenessResponse(BaseModel):
+    prediction: CorenessLabel
+    scores: CorenessScores
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    model_loaded: bool
+    model: ModelInfo | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- micro-batching
+
+
+class ModelUnavailable(RuntimeError):
+    """No model can be loaded; requests get 503."""
+
+
+@dataclass
+class _Pending:
+    record: Record
+    future: Future = field(default_factory=Future)
+
+
+class InferenceBatcher:
+    """One worker thread: collects records of concurrent requests into micro-batches and classifies them.
+
+    A batch closes at ``max_batch_records`` records, ``max_batch_tokens`` tokens, or when its oldest record
+    has waited ``max_wait_ms``. The live predictor is fetched once per batch, so a hot reload swaps the model
+    only between batches (as in the stream processor).
+    """
+
+    def __init__(self, model_source: ModelSource, batch: BatchSettings) -> None:
+        self.model_source = model_source
+        self.batch = batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="api-batcher", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(timeout)
+                self._thread = None
+
+    async def predict(self, records: Sequence[Record]) -> list[ClassificationResult]:
+        """Classify ``records`` (in order) together with whatever other requests are waiting."""
+        self.start()
+        pending = [_Pending(record) for record in records]
+        for item in pending:
+            self._queue.put(item)
+        return list(await asyncio.gather(*(asyncio.wrap_future(item.future) for item in pending)))
+
+    def _run(self) -> None:
+        batcher: MicroBatcher[_Pending] = MicroBatcher(
+            self.batch.max_batch_records, self.batch.max_batch_tokens, self.batch.max_wait_ms
+        )
+        deadline = 0.0
+        while True:
+            timeout = max(0.0, deadline - time.monotonic()) if len(batcher) else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            else:
+                if item is None:  # stop
+                    self._classify(batcher.take())
+                    return
+            if item is not None:
+                closed = batcher.add(item, self._tokens(item.record))
+                if len(batcher) == 1:
+                    deadline = time.monotonic() + batcher.max_wait_s
+                if closed:
+                    self._classify(closed)
+            if batcher.due():
+                self._classify(batcher.take())
+
+    def _tokens(self, record: Record) -> int:
+        try:
+            return self.model_source.current().count_tokens(record)
+        except Exception:  # noqa: BLE001 - the batch's inference reports the real error
+            return 1
+
+    def _classify(self, batch: list[_Pending]) -> None:
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:
+            predictor = self.model_source.current()
+            results = predictor.predict_batch([item.record for item in batch])
+        except ModelLoadError as exc:
+            error: Exception = ModelUnavailable(str(exc))
+        except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
+            log.exception("inference failed", extra={"records": len(batch)})
+            error = exc
+        else:
+            for item, result in zip(batch, results, strict=True):
+                item.future.set_result(result)
+            return
+        for item in batch:
+            item.future.set_exception(error)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(settings: Settings, model_source: ModelSource | None = None) -> FastAPI:
+    """The API app; the model is loaded on first use (``corestream serve`` loads it before listening)."""
+    source = model_source or ModelSource(settings)
+    batcher = InferenceBatcher(source, settings.batch)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.stop()
+
+    app = FastAPI(
+        title="corestream",
+        version="1",
+        summary="INSPIRE coreness and arXiv categories for research-paper records",
+        description=__doc__,
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.model_source, app.state.batcher = settings, source, batcher
+
+    def parse(records: list[dict[str, Any]]) -> list[Record]:
+        limit = settings.api.max_batch_records
+        if len(records) > limit:
+            raise HTTPException(
+                413,
+                f"{len(records)} records in one request, above the limit of {limit} "
+                "(api.max_batch_records, env CORESTREAM_API__MAX_BATCH_RECORDS): split the batch",
+            )
+        skip = set(settings.skip_sources) | source.dont_run_on()
+        parsed: list[Record] = []
+        errors: list[dict[str, Any]] = []
+        for index, data in enumerate(records):
+            try:
+                record = parse_record(data, max_text_chars=settings.records.max_text_chars)
+            except RecordError as exc:
+                errors.append({"loc": ["body", "records", index], "type": exc.reason, "msg": exc.message})
+                continue
+            if record.source in skip:
+                errors.append({"loc": ["body", "records", index], "type": REASON_SKIPPED_SOURCE,
+                               "msg": f"record {record.id}: the model does not run on source {record.source!r}"})
+            parsed.append(record)
+        if errors:
+            raise HTTPException(422, errors)
+        return parsed
+
+    async def classify(records: list[Record]) -> list[ClassificationResult]:
+        try:
+            return await batcher.predict(records)
+        except ModelUnavailable as exc:
+            raise HTTPException(503, f"no model available: {exc}") from None
+
+    problems = {
+        400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
+        413: {"model": ErrorResponse, "description": "Too many records in one request"},
+        503: {"model": ErrorResponse, "description": "The model cannot be loaded"},
+    }
+
+    @app.post("/api/v1/predict", response_model=PredictResponse, responses=problems, tags=["predict"])
+    async def predict(body: PredictRequest) -> PredictResponse:
+        """Classify a batch of records (coreness and arXiv categories); 422 names each bad record's index."""
+        return PredictResponse(results=await classify(parse(body.records)))
+
+    @app.post("/api/predict/coreness", response_model=CorenessResponse, responses={k: problems[k] for k in (400, 503)},
+              tags=["inspire-classifier"])
+    async def predict_coreness(body: CorenessRequest) -> CorenessResponse:
+        """Drop-in for the INSPIRE classifier's coreness endpoint."""
+        try:
+            record = parse_record({"id": "request", "title": body.title, "abstract": body.abstract},
+                                  max_text_chars=settings.records.max_text_chars)
+        except RecordError as exc:
+            raise HTTPException(422, [{"loc": ["body"], "type": exc.reason, "msg": exc.message}]) from None
+        (result,) = await classify([record])
+        return CorenessResponse(prediction=result.coreness.label, scores=result.coreness.scores)
+
+    @app.get("/api/v1/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
+             tags=["health"])
+    async def health():
+        """Model loaded (loading it if needed), its name/version/arch and device; 503 if it cannot load."""
+        try:
+            predictor = await asyncio.to_thread(source.current)
+        except ModelLoadError as exc:
+            body = HealthResponse(status="unavailable", model_loaded=False, error=str(exc))
+            return JSONResponse(body.model_dump(mode="json"), status_code=503)
+        return HealthResponse(status="ok", model_loaded=True, model=predictor.info, device=predictor.device)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# --------------------------------------------------------------------------- corestream serve
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="serve the HTTP predict API (FastAPI + uvicorn)",
+                                   description="Serve POST /api/v1/predict, POST /api/predict/coreness, "
+                                   "GET /api/v1/health and /metrics with the configured model.")
+    parser.add_argument("--host", help="listen address (default: setting api.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: setting api.port)")
+    parser.add_argument("--model", help="checkpoint directory or registry://NAME@ENV (default: setting model.model)")
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if args.model:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"model": args.model})})
+    source = ModelSource(settings)
+    try:
+        predictor = source.load()
+    except ModelLoadError as exc:
+        raise CommandError(str(exc)) from None
+    source.start_reloading()
+    host, port = args.host or settings.api.host, args.port if args.port is not None else settings.api.port
+    log.info("serving the predict API", extra={"host": host, "port": port, "model": predictor.info.name,
+                                                "version": predictor.info.version, "device": predictor.device})
+    try:
+        uvicorn.run(create_app(settings, source), host=host, port=port, log_config=None)
+    finally:
+        source.stop()
+    return 0
