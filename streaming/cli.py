@@ -9,7 +9,7 @@ from config.cli import build_parser, run_cli
 COMMAND_MODULES: list[str] = [
     "streaming.ops_cli",
     "streaming.run_cmd",
-    "streaming.api",
+    "streaming.demo",
     "streaming.api",
 ]
 

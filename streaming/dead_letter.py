@@ -45,10 +45,8 @@ class DeadLetterWriter:
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.1)
-        log.warning("dead-lettered a message", extra={
-            "reason": reason, "error": error[:500], "source_topic": topic, "source_partition": partition,
-            "source_offset": offset, "dlq_topic": dlq_topic,
-        })
+        fields = {"reason": reason, "source_topic": topic, "source_partition": partition, "source_offset": offset}
+        log.warning("dead-lettered %s[%d]@%d (%s): %s", topic, partition, offset, reason, error[:200], extra=fields)
 
     def _delivered(self, err: KafkaError | None, message: Message) -> None:
         with self._lock:
