@@ -1,0 +1,35 @@
+"""Training loss: cross-entropy (coreness) + binary cross-entropy (categories), optionally focal."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.base import ClassifierOutput
+
+
+def bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy summed over categories, averaged over the batch (so that many categories do not
+    dilute the signal); with ``gamma`` > 0 the focal form (Lin et al. 2017), ``(1 - p_t) ** gamma`` * BCE."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma > 0:
+        loss = (1 - torch.exp(-loss)) ** gamma * loss
+    return loss.sum(-1).mean()
+
+
+def focal_ce(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Multi-class focal loss."""
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    p_t = torch.exp(-ce)
+    return ((1 - p_t) ** gamma * ce).mean()
+
+
+def classification_loss(output: ClassifierOutput, coreness: torch.Tensor, categories: torch.Tensor,
+                        focal_gamma: float = 0.0) -> torch.Tensor:
+    """``coreness``: class indices (batch,); ``categories``: 0/1 floats (batch, C). ``focal_gamma`` 0 = plain."""
+    core_logits, cat_logits = output.coreness_logits.float(), output.category_logits.float()
+    if focal_gamma > 0:
+        core_loss = focal_ce(core_logits, coreness, focal_gamma)
+    else:
+        core_loss = F.cross_entropy(core_logits, coreness)
+    return core_loss + bce(cat_logits, categories, focal_gamma)

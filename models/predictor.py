@@ -1,0 +1,102 @@
+"""Batch prediction: records -> :class:`ClassificationResult` with a loaded checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.checkpoint import load_checkpoint
+from models.device import autocast, autocast_dtype, resolve_device
+from models.records import (
+    CORENESS_LABELS,
+    CategoryScore,
+    ClassificationResult,
+    CorenessResult,
+    CorenessScores,
+    ModelInfo,
+    Record,
+)
+
+
+def score_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu",
+                dtype: torch.dtype | None = None, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coreness probabilities (n, 3) and category probabilities (n, C), in the order of ``texts``.
+
+    Texts are sorted by length so that each batch pads little, then put back in order.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    coreness = np.zeros((len(texts), 3), dtype=np.float32)
+    categories = np.zeros((len(texts), model.num_categories), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(device, dtype):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            inputs = model.encode([texts[i] for i in idx], max_length)
+            out = model(**{key: value.to(device) for key, value in inputs.items()})
+            coreness[idx] = out.coreness_logits.float().softmax(-1).cpu().numpy()
+            categories[idx] = out.category_logits.float().sigmoid().cpu().numpy()
+    model.train(was_training)
+    return coreness, categories
+
+
+class Predictor:
+    """A checkpoint loaded for inference. ``predict_batch`` keeps the input order."""
+
+    def __init__(self, model: nn.Module, config: dict, *, checkpoint_dir: Path, device: str, precision: str = "auto",
+                 max_seq_length: int | None = None, batch_size: int = 64, name: str | None = None,
+                 version: str | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.checkpoint_dir = checkpoint_dir
+        self.device = device
+        self.dtype = autocast_dtype(device, precision)
+        self.max_seq_length = max_seq_length or model.max_seq_length
+        self.batch_size = batch_size
+        self.info = ModelInfo(name=name or str(config["name"]), version=version or str(config["version"]),
+                              arch=config["arch"])
+        self.category_labels: list[str] = list(config["category_labels"])
+        self.thresholds = np.array([float(config["thresholds"].get(label, 0.5)) for label in self.category_labels],
+                                   dtype=np.float32)
+        self.dont_run_on: frozenset[str] = frozenset(config.get("dont_run_on", []))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
+                        max_seq_length: int | None = None, batch_size: int = 64, name: str | None = None,
+                        version: str | None = None) -> Predictor:
+        device = resolve_device(device)
+        model, config = load_checkpoint(path, device=device)
+        return cls(model, config, checkpoint_dir=Path(path), device=device, precision=precision,
+                   max_seq_length=max_seq_length, batch_size=batch_size, name=name, version=version)
+
+    def predict_proba(self, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
+        """Coreness (n, 3) and category (n, C) probabilities."""
+        return score_texts(self.model, [r.text for r in records], batch_size=self.batch_size, device=self.device,
+                           dtype=self.dtype, max_length=self.max_seq_length)
+
+    def predict_batch(self, records: Sequence[Record]) -> list[ClassificationResult]:
+        if not records:
+            return []
+        coreness, categories = self.predict_proba(records)
+        return [self._result(record.id, core, cats) for record, core, cats in zip(records, coreness, categories,
+                                                                                  strict=True)]
+
+    def count_tokens(self, record: Record) -> int:
+        return min(self.model.count_tokens(record.text), self.max_seq_length)
+
+    def _result(self, record_id: str, coreness: np.ndarray, categories: np.ndarray) -> ClassificationResult:
+        above = np.flatnonzero(categories >= self.thresholds)
+        above = above[np.argsort(-categories[above], kind="stable")]
+        return ClassificationResult(
+            id=record_id,
+            coreness=CorenessResult(
+                label=CORENESS_LABELS[int(coreness.argmax())],
+                scores=CorenessScores(**{label: float(p) for label, p in zip(CORENESS_LABELS, coreness, strict=True)}),
+            ),
+            categories=[CategoryScore(label=self.category_labels[i], score=float(categories[i])) for i in above],
+            model=self.info,
+        )

@@ -1,0 +1,124 @@
+"""Training data: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
+
+Categories are normalised (old arXiv names renamed); coreness is the record's real label when it has one,
+else the documented proxy from its categories. Lines that cannot be used are counted and reported by reason,
+never dropped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.labels import CorenessProxy
+from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, parse_record
+
+log = logging.getLogger(__name__)
+REASON_UNLABELLED = "unlabelled"
+
+
+class DataError(ValueError):
+    """Training data that cannot be used at all (missing file, no usable record)."""
+
+
+@dataclass
+class LoadReport:
+    """What happened to the lines of a data file."""
+
+    path: str
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    examples: list[str] = field(default_factory=list)  # the first few skip messages, with line numbers
+
+    def skip(self, line_no: int, reason: str, message: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"line {line_no}: {message}")
+
+    def summary(self) -> str:
+        kept = self.read - sum(self.skipped.values())
+        text = f"{self.path}: {kept} of {self.read} records usable"
+        if self.skipped:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
+            text += f"; skipped {reasons} (e.g. {'; '.join(self.examples[:3])})"
+        return text
+
+
+def open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def label_record(record: Record, proxy: CorenessProxy) -> Record:
+    """Normalised categories and a coreness label (real if present, else the proxy)."""
+    categories = proxy.normalise(record.categories)
+    coreness = record.coreness or proxy.label(categories)
+    return record.model_copy(update={"categories": categories, "coreness": coreness})
+
+
+def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy | None = None,
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Iterator[Record]:
+    """Labelled records of the JSON-lines file at ``path``; bad lines are recorded in ``report``."""
+    proxy = proxy or CorenessProxy.load()
+    with open_text(Path(path)) as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            report.read += 1
+            try:
+                record = parse_record(line, max_text_chars=max_text_chars)
+            except RecordError as exc:
+                report.skip(line_no, exc.reason, str(exc))
+                continue
+            if not record.categories and record.coreness is None:
+                report.skip(line_no, REASON_UNLABELLED, f"record {record.id} has neither categories nor coreness")
+                continue
+            yield label_record(record, proxy)
+
+
+def load_records(path: str | Path, *, limit: int | None = None, proxy: CorenessProxy | None = None,
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[Record]:
+    """Up to ``limit`` labelled records from ``path``; logs how many lines were skipped and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    report = LoadReport(str(path))
+    records: list[Record] = []
+    for record in iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars):
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    (log.warning if report.skipped else log.info)(report.summary())
+    if not records:
+        raise DataError(f"no usable records in {path}: {report.summary()}")
+    return records
+
+
+def split_records(records: Sequence[Record], valid_fraction: float, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """A shuffled train/validation split, the same for the same seed and records."""
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    n_valid = max(1, round(len(shuffled) * valid_fraction)) if len(shuffled) > 1 else 0
+    return shuffled[n_valid:], shuffled[:n_valid]
+
+
+def category_vocabulary(records: Iterable[Record], min_count: int = 1) -> list[str]:
+    """Categories seen at least ``min_count`` times, most frequent first (ties by name)."""
+    counts = Counter(cat for record in records for cat in record.categories)
+    return sorted((cat for cat, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
+
+
+def fingerprint(records: Iterable[Record]) -> str:
+    """sha256 over the records' ids, texts and labels, in order: identifies the training data."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.id, record.text, record.categories, record.coreness]).encode("utf-8"))
+    return "sha256:" + digest.hexdigest()

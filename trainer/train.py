@@ -1,0 +1,310 @@
+"""``corestream-train train``: fit a bag or transformer model, tune thresholds on validation, save a checkpoint.
+
+Data flow: records (file, list, or a generated sample) -> labelled records -> train/validation split (fixed
+seed) -> category vocabulary (min count) -> epochs of CE + BCE (or focal) -> validation probabilities ->
+per-class thresholds -> metrics -> checkpoint. An existing checkpoint in the output directory is resumed
+(same labels, more epochs) unless ``from_scratch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from config.cli import CommandError
+from config.settings import Settings
+from models.checkpoint import CONFIG_FILE, CheckpointError, architecture, load_checkpoint, save_checkpoint
+from models.device import autocast, resolve_device
+from models.labels import CorenessProxy
+from models.losses import classification_loss
+from models.predictor import score_texts
+from models.records import CORENESS_LABELS, Record, RecordError, parse_record
+from trainer.data import DataError, category_vocabulary, fingerprint, label_record, load_records, split_records
+from trainer.metrics import category_metrics, coreness_metrics
+from trainer.sample import generate_sample
+from trainer.thresholds import apply_thresholds, tune_thresholds
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 2e-2},
+    "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5},
+}
+DEFAULT_SAMPLE_COUNT = 2000
+
+
+class TrainingError(ValueError):
+    """Training cannot start: bad data, options or checkpoint."""
+
+
+def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: int | None, seed: int,
+               proxy: CorenessProxy) -> list[Record]:
+    """Labelled records from a JSONL path, a list of Records/dicts, or (None) a generated sample."""
+    if data is None:
+        data = generate_sample(sample_count or DEFAULT_SAMPLE_COUNT, seed)
+    if isinstance(data, str | Path):
+        return load_records(data, limit=sample_count, proxy=proxy)
+    records = []
+    for index, item in enumerate(data):
+        try:
+            record = item if isinstance(item, Record) else parse_record(item)
+        except RecordError as exc:
+            raise DataError(f"training record {index} is invalid: {exc}") from None
+        records.append(label_record(record, proxy))
+    return records[:sample_count] if sample_count else records
+
+
+def category_targets(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.zeros((len(records), len(labels)), dtype=np.float32)
+    for row, record in enumerate(records):
+        for cat in record.categories:
+            if cat in index:
+                targets[row, index[cat]] = 1.0
+    return targets
+
+
+def coreness_targets(records: Sequence[Record]) -> np.ndarray:
+    return np.array([CORENESS_LABELS.index(r.coreness) for r in records], dtype=np.int64)
+
+
+def build_model(arch: str, num_categories: int, base_model: str | Path | None, max_seq_length: int | None,
+                arch_params: dict[str, Any]) -> torch.nn.Module:
+    """A fresh model of ``arch`` (the transformer starts from ``base_model``)."""
+    cls = architecture(arch)
+    params = dict(arch_params)
+    if max_seq_length:
+        params["max_seq_length"] = max_seq_length
+    if arch == "transformer":
+        if base_model is None:
+            raise TrainingError("--base-model PATH (a local Hugging Face encoder directory) is required for "
+                                "arch 'transformer'")
+        return cls.from_pretrained(base_model, num_categories, **params)
+    return cls(num_categories, **params)
+
+
+def make_optimizers(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    """AdamW for dense parameters, SparseAdam for sparse embeddings (the bag's hashed n-gram table)."""
+    sparse = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse
+              for p in m.parameters()}
+    dense = [p for p in model.parameters() if id(p) not in sparse and p.requires_grad]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam([p for p in model.parameters() if id(p) in sparse], lr=learning_rate))
+    return optimizers
+
+
+def evaluate_split(model: torch.nn.Module, records: Sequence[Record], labels: Sequence[str], *, device: str,
+                   batch_size: int, tune: bool, thresholds: dict[str, float] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Metrics of ``model`` on ``records``; with ``tune``, thresholds are tuned on them first."""
+    core_probs, cat_probs = score_texts(model, [r.text for r in records], batch_size=batch_size, device=device)
+    y_true = category_targets(records, labels)
+    if tune:
+        thresholds = tune_thresholds(cat_probs, y_true, labels)
+    thresholds = thresholds or {}
+    cats = category_metrics(y_true, apply_thresholds(cat_probs, thresholds, labels), cat_probs, labels, thresholds)
+    core = coreness_metrics([r.coreness for r in records],
+                            [CORENESS_LABELS[i] for i in core_probs.argmax(1)], CORENESS_LABELS)
+    summary = {
+        "records": len(records),
+        "coreness_accuracy": core["accuracy"], "coreness_macro_f1": core["macro_f1"],
+        "category_f1_micro": cats["f1_micro"], "category_f1_macro": cats["f1_macro"],
+        "category_f1_samples": cats["f1_samples"], "category_roc_auc_micro": cats["roc_auc_micro"],
+        "category_map": cats["map"],
+    }
+    return summary, thresholds
+
+
+def train_model(
+    data: str | Path | Sequence[Record | dict] | None,
+    *,
+    arch: str = "bag",
+    output_dir: str | Path,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    base_model: str | Path | None = None,
+    sample_count: int | None = None,
+    from_scratch: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    valid_fraction: float = 0.1,
+    min_category_count: int = 5,
+    learning_rate: float | None = None,
+    focal_gamma: float = 0.0,
+    max_seq_length: int | None = None,
+    max_steps: int | None = None,
+    device: str = "auto",
+    name: str | None = None,
+    version: str | None = None,
+    **arch_params: Any,
+) -> Path:
+    """Train (or resume) a model on ``data`` and save its checkpoint in ``output_dir``; return that path.
+
+    ``data``: a JSONL / arXiv snapshot path, a list of Records or record dicts, or None for a generated sample
+    of ``sample_count`` records. ``max_steps`` stops early (smoke tests). Extra keyword arguments are
+    architecture parameters (e.g. ``embed_dim`` for bag).
+    """
+    if arch not in DEFAULTS:
+        raise TrainingError(f"unknown arch {arch!r}: expected one of {', '.join(DEFAULTS)}")
+    defaults = DEFAULTS[arch]
+    epochs = defaults["epochs"] if epochs is None else epochs
+    batch_size = batch_size or defaults["batch_size"]
+    learning_rate = learning_rate or defaults["learning_rate"]
+    if epochs < 0 or batch_size < 1 or learning_rate <= 0 or focal_gamma < 0:
+        raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0 and focal gamma >= 0")
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    device = resolve_device(device)
+
+    proxy = CorenessProxy.load()
+    records = to_records(data, sample_count, seed, proxy)
+    train_records, valid_records = split_records(records, valid_fraction, seed)
+    if not train_records:
+        raise TrainingError(f"need at least 2 records to train, got {len(records)}")
+
+    resumed = (output_dir / CONFIG_FILE).exists() and not from_scratch
+    previous: dict[str, Any] = {}
+    if resumed:
+        model, previous = load_checkpoint(output_dir, device="cpu")
+        if previous["arch"] != arch:
+            raise TrainingError(f"{output_dir} holds a {previous['arch']} checkpoint, not {arch}: pass --from-scratch "
+                                "or another --output-dir")
+        labels = list(previous["category_labels"])
+        log.info("resuming %s from %s (%d epochs so far)", arch, output_dir,
+                 previous.get("training", {}).get("epochs_total", 0))
+    else:
+        labels = category_vocabulary(train_records, min_category_count)
+        if not labels:
+            raise TrainingError(f"no category occurs {min_category_count} times in {len(train_records)} training "
+                                "records: lower --min-category-count or add data")
+        model = build_model(arch, len(labels), base_model, max_seq_length, arch_params)
+    model.to(device)
+
+    texts = [r.text for r in train_records]
+    y_core = torch.from_numpy(coreness_targets(train_records))
+    y_cats = torch.from_numpy(category_targets(train_records, labels))
+    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
+    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch == "bag" else 0.01)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.05, 1 - step / max(1, total_steps)))
+                  for opt in optimizers]
+    amp_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+    generator = torch.Generator().manual_seed(seed)
+    started = time.monotonic()
+    step, epochs_run = 0, 0
+    model.train()
+    with tqdm(total=total_steps, desc=f"train {arch}", unit="batch", disable=not progress) as bar:
+        for epoch in range(epochs):
+            if step >= total_steps:
+                break
+            order = torch.randperm(len(texts), generator=generator)
+            for start in range(0, len(order), batch_size):
+                if step >= total_steps:
+                    break
+                idx = order[start:start + batch_size]
+                inputs = model.encode([texts[i] for i in idx])
+                with autocast(device, amp_dtype):
+                    output = model(**{key: value.to(device) for key, value in inputs.items()})
+                loss = classification_loss(output, y_core[idx].to(device), y_cats[idx].to(device), focal_gamma)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt, sched in zip(optimizers, schedulers, strict=True):
+                    opt.step()
+                    sched.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+            epochs_run += 1
+    train_seconds = time.monotonic() - started
+
+    score_batch = max(batch_size, 64)
+    if valid_records:
+        valid_summary, thresholds = evaluate_split(model, valid_records, labels, device=device,
+                                                   batch_size=score_batch, tune=True)
+    else:
+        valid_summary, thresholds = {}, {label: 0.5 for label in labels}
+    previous_training = previous.get("training", {})
+    config = {
+        "name": name or previous.get("name") or f"corestream-{arch}",
+        "version": version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
+        "coreness_labels": list(CORENESS_LABELS),
+        "category_labels": labels,
+        "thresholds": thresholds,
+        "metrics": {"valid": valid_summary},
+        "data_fingerprint": fingerprint(records),
+        "base_model": str(base_model) if base_model else previous.get("base_model"),
+        "training": {
+            "epochs": epochs_run, "steps": step,
+            "epochs_total": previous_training.get("epochs_total", 0) + epochs_run,
+            "resumed": resumed, "batch_size": batch_size, "learning_rate": learning_rate,
+            "focal_gamma": focal_gamma, "seed": seed, "valid_fraction": valid_fraction,
+            "min_category_count": min_category_count, "train_records": len(train_records),
+            "valid_records": len(valid_records), "train_seconds": round(train_seconds, 2), "device": device,
+        },
+    }
+    if "dont_run_on" in previous:
+        config["dont_run_on"] = previous["dont_run_on"]
+    path = save_checkpoint(model.cpu(), config, output_dir)
+    log.info("saved %s checkpoint to %s", arch, path, extra={"metrics": valid_summary})
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _train_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        path = train_model(
+            args.data, arch=args.arch, output_dir=args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
+            base_model=args.base_model, sample_count=args.sample_count, from_scratch=args.from_scratch,
+            seed=args.seed, progress=not args.no_progress, valid_fraction=args.valid_fraction,
+            min_category_count=args.min_category_count, learning_rate=args.learning_rate,
+            focal_gamma=args.focal_gamma, max_seq_length=args.max_seq_length, device=args.device, name=args.name,
+            version=args.version,
+        )
+    except (TrainingError, DataError, CheckpointError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    config = json.loads((path / CONFIG_FILE).read_text())
+    print(f"saved {config['arch']} model {config['name']}@{config['version']} to {path}")
+    print(json.dumps({"validation": config["metrics"]["valid"], "training": config["training"]}, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a bag or transformer model and save a checkpoint",
+                              description="Train a model; resumes from the checkpoint in --output-dir unless "
+                                          "--from-scratch. Without --data, trains on a generated sample.")
+    p.add_argument("--data", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
+                                  "(default: a generated sample of --sample-count records)")
+    p.add_argument("--arch", choices=list(DEFAULTS), default="bag")
+    p.add_argument("--base-model", help="local Hugging Face encoder directory (arch transformer)")
+    p.add_argument("--output-dir", default="artifacts/model", help="checkpoint directory (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="bag: 5, transformer: 2")
+    p.add_argument("--batch-size", type=int, help="bag: 64, transformer: 16")
+    p.add_argument("--learning-rate", type=float, help="bag: 2e-2, transformer: 5e-5")
+    p.add_argument("--sample-count", type=int, help="use at most this many records")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="validation share (default: %(default)s)")
+    p.add_argument("--min-category-count", type=int, default=5,
+                   help="keep categories seen at least this often in training data (default: %(default)s)")
+    p.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma; 0 = plain CE + BCE")
+    p.add_argument("--max-seq-length", type=int, help="tokens (transformer) or words (bag) per record")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--name", help="model name (default: corestream-ARCH)")
+    p.add_argument("--version", help="model version (default: a UTC timestamp)")
+    p.add_argument("--from-scratch", action="store_true", help="ignore an existing checkpoint in --output-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_command)
