@@ -8,12 +8,14 @@ Every value is validated; a bad one raises :class:`SettingsError` naming the set
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
 
 ENV_PREFIX = "CORESTREAM_"
 CONFIG_ENV = "CORESTREAM_CONFIG"
@@ -24,7 +26,13 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names each bad setting."""
 
 
-class KafkaSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are errors (a misspelled YAML key must not be ignored silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topics: list[str] = Field(default_factory=lambda: ["literature.records"], min_length=1)
     output_topic: str = "literature.classified"
@@ -43,7 +51,7 @@ class KafkaSettings(BaseModel):
         return f"{input_topic}{self.dlq_suffix}"
 
 
-class ElasticsearchSettings(BaseModel):
+class ElasticsearchSettings(Section):
     url: str | None = None  # None: the Elasticsearch sink is off
     index: str = "literature-classifications"
     username: str | None = None
@@ -57,7 +65,7 @@ class ElasticsearchSettings(BaseModel):
     max_backoff_s: float = Field(30.0, gt=0)
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(Section):
     max_batch_records: int = Field(64, ge=1, le=100_000)
     max_batch_tokens: int = Field(32_768, ge=1)
     max_wait_ms: int = Field(200, ge=0)
@@ -69,7 +77,7 @@ class BatchSettings(BaseModel):
     shutdown_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, finish and commit in-flight batches within this
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Section):
     # A checkpoint directory or ``registry://NAME@ENV``.
     model: str = "artifacts/demo-model"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -80,7 +88,7 @@ class ModelSettings(BaseModel):
     cache_dir: str = ".cache/corestream/models"
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(Section):
     bucket: str = "corestream-models"
     prefix: str = ""
     endpoint_url: str | None = None
@@ -92,24 +100,24 @@ class RegistrySettings(BaseModel):
     creator: str | None = None
 
 
-class RecordSettings(BaseModel):
+class RecordSettings(Section):
     max_text_chars: int = Field(100_000, ge=100)  # title + abstract above this is rejected as oversize
     max_message_bytes: int = Field(2_000_000, ge=1_000)
 
 
-class SinkSettings(BaseModel):
+class SinkSettings(Section):
     output_topic_enabled: bool = True
     jsonl_path: str | None = None  # write results to this JSONL file too
     delivery_timeout_s: float = Field(30.0, gt=0)
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=0, le=65535)  # 0 picks a free port
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     max_batch_records: int = Field(256, ge=1)
@@ -198,7 +206,17 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(format_validation_error(exc, source)) from None
+    except EnvParseError as exc:  # a list or mapping variable that is not JSON
+        raise SettingsError(_env_parse_message(exc)) from None
     return settings
+
+
+def _env_parse_message(error: EnvParseError) -> str:
+    match = re.search(r'field "(\w+)"', str(error))
+    prefix = ENV_PREFIX + (match.group(1).upper() if match else "")
+    names = sorted(name for name in os.environ if name.upper().startswith(prefix)) or [prefix + "*"]
+    return (f"invalid settings (environment): cannot parse {', '.join(names)}: list and mapping values must be JSON, "
+            f"e.g. {ENV_PREFIX}KAFKA__INPUT_TOPICS='[\"a\", \"b\"]'")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
