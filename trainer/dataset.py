@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = "records-hep"  # INSPIRE's literature index
 DEFAULT_DATE_FIELD = "_created"  # INSPIRE's record creation timestamp
-DEFAULT_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 1000
 KEEP_ALIVE = "5m"
 # Only these fields are fetched from Elasticsearch.
 INSPIRE_FIELDS = [
