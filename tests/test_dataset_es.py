@@ -29,7 +29,7 @@ from trainer.dataset import build_from_es, connect, month_range
 
 INDEX = "records-hep-test"
 N_RECORDS = 400
-USER, PASSWORD = "elastic", "s3cret-pa55"
+USER, PASSWORD, API_KEY = "elastic", "s3cret-pa55", "a2V5LWlkOmtleS1zZWNyZXQ="
 
 
 def inspire_record(i: int) -> dict:
@@ -147,17 +147,17 @@ def test_cli_writes_gzip_dataset(seeded_es: str, tmp_path: Path, capsys: pytest.
 
 class AuthProxy:
     """Forwards to Elasticsearch; answers 401 ``security_exception`` like Elasticsearch security unless the
-    request has basic auth USER:PASSWORD; with ``refuse_pit``, answers 400 to point-in-time requests."""
+    request has basic auth USER:PASSWORD or API_KEY; with ``refuse_pit``, answers 400 to point-in-time requests."""
 
     def __init__(self, upstream: str, refuse_pit: bool = False) -> None:
-        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        accepted = {"Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(), f"ApiKey {API_KEY}"}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.paths.append(self.path)
-                if self.headers.get("Authorization") != expected:
+                if self.headers.get("Authorization") not in accepted:
                     reason = f"unable to authenticate user [{USER}] for REST request [{self.path}]"
                     self._error(401, "security_exception", reason, {"WWW-Authenticate": 'Basic realm="security"'})
                 elif refuse_pit and "_pit" in self.path:
@@ -248,6 +248,14 @@ def test_credentials_from_env_and_settings(auth_proxy: AuthProxy, tmp_path: Path
     monkeypatch.setenv("CORESTREAM_ELASTICSEARCH__PASSWORD", PASSWORD)
     assert cli(_es_argv(auth_proxy.url, tmp_path / "settings.jsonl")) == 0
     assert len(read_rows(tmp_path / "settings.jsonl")) == expected
+
+    for name in ("ES_USERNAME", "CORESTREAM_ELASTICSEARCH__USERNAME", "CORESTREAM_ELASTICSEARCH__PASSWORD"):
+        monkeypatch.delenv(name)
+    assert cli(_es_argv(auth_proxy.url, tmp_path / "no-user.jsonl")) == 2
+    assert "ES_PASSWORD is set but ES_USERNAME is not" in capsys.readouterr().err
+    monkeypatch.setenv("ES_API_KEY", API_KEY)
+    assert cli(_es_argv(auth_proxy.url, tmp_path / "api-key.jsonl")) == 0
+    assert len(read_rows(tmp_path / "api-key.jsonl")) == expected
 
 
 @pytest.mark.timeout(60)

@@ -27,12 +27,14 @@ from typing import IO, Any
 from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, NotFoundError
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.helpers import scan
+from pydantic import SecretStr
 from tqdm import tqdm
 
 from config.logging import mask
-from config.settings import Settings
+from config.settings import ElasticsearchSettings, Settings
 from models.labels import CorenessProxy
 from models.records import CorenessLabel, RecordError, parse_record
+from streaming.sinks.elasticsearch import es_client
 
 log = logging.getLogger(__name__)
 
@@ -164,35 +166,29 @@ def month_range(year_from: int, year_to: int, month_from: int = 1, month_to: int
     return start.isoformat(), end.isoformat()
 
 
-def es_credentials(settings: Settings) -> dict[str, Any]:
-    """Client auth kwargs: ``CORESTREAM_ELASTICSEARCH__*`` settings first, then ``ES_API_KEY`` or
-    ``ES_USERNAME``/``ES_PASSWORD``."""
+def es_settings(settings: Settings, url: str | None = None) -> ElasticsearchSettings:
+    """The Elasticsearch settings for reading: ``url`` if given, and credentials from
+    ``CORESTREAM_ELASTICSEARCH__*`` or else ``ES_API_KEY`` / ``ES_USERNAME`` + ``ES_PASSWORD``."""
     es = settings.elasticsearch
-    api_key = es.api_key.get_secret_value() if es.api_key else os.environ.get("ES_API_KEY")
-    if api_key:
-        return {"api_key": api_key}
-    username = es.username or os.environ.get("ES_USERNAME")
-    password = es.password.get_secret_value() if es.password else os.environ.get("ES_PASSWORD")
-    if username:
-        return {"basic_auth": (username, password or "")}
-    return {}
+    update: dict[str, Any] = {"url": url or es.url}
+    if es.api_key is None and es.username is None:
+        if os.environ.get("ES_API_KEY"):
+            update["api_key"] = SecretStr(os.environ["ES_API_KEY"])
+        elif os.environ.get("ES_USERNAME"):
+            update["username"] = os.environ["ES_USERNAME"]
+            update["password"] = SecretStr(os.environ.get("ES_PASSWORD", ""))
+        elif os.environ.get("ES_PASSWORD"):
+            raise DatasetError("ES_PASSWORD is set but ES_USERNAME is not")
+    if not update["url"]:
+        raise DatasetError("no Elasticsearch URL: pass --es-url or set CORESTREAM_ELASTICSEARCH__URL")
+    return es.model_copy(update=update)
 
 
 def connect(settings: Settings, url: str | None = None) -> Elasticsearch:
-    """An Elasticsearch client for ``url`` (default: the ``elasticsearch.url`` setting) with its credentials."""
-    es = settings.elasticsearch
-    url = url or es.url
-    if not url:
-        raise DatasetError("no Elasticsearch URL: pass --es-url or set CORESTREAM_ELASTICSEARCH__URL")
-    return Elasticsearch(
-        url,
-        **es_credentials(settings),
-        verify_certs=es.verify_certs,
-        ca_certs=es.ca_certs,
-        request_timeout=es.request_timeout_s,
-        max_retries=es.max_retries,
-        retry_on_timeout=True,
-    )
+    """A client for ``url`` (default: the ``elasticsearch.url`` setting) with its credentials; each request is
+    retried ``elasticsearch.max_retries`` times on connection errors and timeouts."""
+    es = es_settings(settings, url)
+    return es_client(es).options(max_retries=es.max_retries, retry_on_timeout=True)
 
 
 @contextmanager
@@ -231,7 +227,7 @@ def iter_hits(client: Elasticsearch, index: str, query: Mapping[str, Any], page_
     """All hits matching ``query``: point-in-time + ``search_after`` pages, or scroll where PIT is unavailable."""
     try:
         pit_id = client.open_point_in_time(index=index, keep_alive=KEEP_ALIVE)["id"]
-    except NotFoundError:
+    except NotFoundError:  # no such index: not a reason to fall back
         raise
     except ApiError as exc:
         log.info("point in time unavailable (%s); paging with scroll", _error_type(exc))
