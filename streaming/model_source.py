@@ -97,6 +97,11 @@ class ModelSource:
         """Record sources the live model must not classify."""
         return self._live.dont_run_on if self._live else frozenset()
 
+    @property
+    def manifest(self) -> Manifest | None:
+        """The registry manifest of the live model (None for a local checkpoint or before loading)."""
+        return self._live.manifest if self._live else None
+
     def start_reloading(self) -> None:
         """Poll the registry alias every ``reload_interval_s`` in a daemon thread (registry models only)."""
         interval = self.settings.model.reload_interval_s

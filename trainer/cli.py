@@ -9,6 +9,7 @@ from config.cli import build_parser, run_cli
 COMMAND_MODULES = [
     "trainer.train",
     "trainer.registry_cli",
+    "trainer.backfill",
     "trainer.dataset_cli",
 ]
 
