@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "streaming.run_cmd",
     "streaming.demo",
     "streaming.api",
+    "streaming.faust_app",
 ]
 
 

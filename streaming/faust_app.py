@@ -1,0 +1,273 @@
+"""A Faust (faust-streaming) worker that runs the stream processor's pipeline core.
+
+For teams that deploy Faust workers::
+
+    corestream faust-worker                  # settings from CORESTREAM_* / --config, like `corestream run`
+    faust -A streaming.faust_app worker -l info
+
+The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
+each message (:func:`models.records.parse_record`), classifies the valid records with the live model
+(:class:`streaming.model_source.ModelSource`, one ``current()`` per batch), writes the results to the same
+sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
+(:class:`streaming.dead_letter.DeadLetterWriter`), using the processor's own stages
+(:class:`streaming.worker.InferenceStage`, :class:`streaming.worker.SinkStage`).
+
+Delivery: Faust acks a ``take_events`` batch in the generator's ``finally`` block, i.e. as soon as the agent
+asks for the next batch *or leaves the loop for any reason* (exception, cancellation); its consumer then
+commits acked offsets every ``broker_commit_interval``. So at-least-once holds only because the handler
+never gives a batch back before it is durably written: sink outages are retried inside the handler (the
+agent blocks, Faust keeps heart-beating), a stop waits up to ``batch.shutdown_timeout_s`` for the batch in
+flight, and if the batch still cannot be written (or the handler crashes) the worker exits at once with
+status 75 so that Faust never commits it. See docs/operations.md for the trade-offs against ``corestream run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from config.settings import Settings, load_settings
+from models.records import REASON_INVALID_RECORD, RecordError, parse_record
+from streaming.dead_letter import DeadLetterWriter
+from streaming.health import HealthServer
+from streaming.kafka_clients import make_producer
+from streaming.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED, RECORDS_SKIPPED
+from streaming.model_source import ModelSource
+from streaming.offsets import Ownership
+from streaming.sinks import Sink, build_sinks
+from streaming.worker import Batch, Envelope, InferenceStage, SinkStage
+
+log = logging.getLogger(__name__)
+
+EXIT_BATCH_NOT_WRITTEN = 75  # EX_TEMPFAIL: restart me; the batch in flight was not committed
+
+
+class BatchHandler:
+    """decode -> infer -> sinks -> dead letters for one micro-batch; blocking (run it in a thread)."""
+
+    def __init__(self, settings: Settings, model_source: ModelSource, sinks: Sequence[Sink],
+                 dead_letters: DeadLetterWriter) -> None:
+        self.settings = settings
+        self.model_source = model_source
+        self.sinks = list(sinks)
+        self.abort = threading.Event()  # set only when the worker gives up on the batch in flight
+        self.ownership = Ownership()  # Faust owns partitions; a batch here is always finished, never abandoned
+        self.outage = False
+        self.batches = 0
+        self._crash: BaseException | None = None
+        common: dict[str, Any] = {"inbox": None, "outbox": None, "abort": self.abort, "on_crash": self._on_crash}
+        self._inference = InferenceStage(model_source, self.ownership, **common)
+        batch = settings.batch
+        self._sinks = SinkStage(
+            self.sinks, dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
+            max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=settings.sinks.delivery_timeout_s,
+            max_dead_letter_bytes=settings.records.max_message_bytes, on_outage=self._on_outage, **common)
+
+    @property
+    def classified(self) -> int:
+        return self._sinks.classified
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._sinks.dead_lettered
+
+    def envelope(self, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 timestamp_s: float | None = None) -> Envelope:
+        """One consumed message, validated: a record to classify, a rejection (dead letter) or a skip."""
+        tp = (topic, partition)
+        if self.ownership.epoch(tp) is None:
+            self.ownership.assign([tp])
+        env = Envelope(topic=topic, partition=partition, offset=offset, epoch=self.ownership.epoch(tp) or 0,
+                       key=key, value=value, timestamp_s=timestamp_s)
+        RECORDS_CONSUMED.labels(topic=topic).inc()
+        records = self.settings.records
+        try:
+            env.record = parse_record(value or b"", records.max_text_chars, records.max_message_bytes)
+        except RecordError as exc:
+            env.rejection = exc
+            return env
+        except Exception as exc:  # noqa: BLE001 - unexpected input becomes a dead letter, not a crash
+            env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
+            return env
+        source = env.record.source
+        if source and (source in self.settings.skip_sources or source in self.model_source.dont_run_on()):
+            env.skipped_source = source
+            RECORDS_SKIPPED.labels(source=source).inc()
+            return env
+        try:
+            env.tokens = self.model_source.current().count_tokens(env.record)
+        except Exception:  # noqa: BLE001 - only an estimate
+            env.tokens = len(env.record.text) // 4 + 1
+        return env
+
+    def handle(self, envelopes: list[Envelope]) -> bool:
+        """Classify, write and dead-letter one batch; True when all of it is durably done."""
+        self.batches += 1
+        batch = Batch(self.batches, list(envelopes))
+        BATCH_RECORDS.observe(len(batch.items))
+        BATCH_TOKENS.observe(batch.tokens)
+        self._inference.handle(batch)
+        self._sinks.handle(batch)
+        if self._crash is not None:
+            raise self._crash
+        return not self.abort.is_set()
+
+    def ready(self) -> tuple[bool, dict]:
+        sinks = {sink.name: sink.check() for sink in self.sinks}
+        return all(sinks.values()) and not self.outage, {"sinks": sinks, "sink_outage": self.outage}
+
+    def _on_crash(self, exc: BaseException) -> None:
+        self._crash = exc
+
+    def _on_outage(self, down: bool) -> None:
+        self.outage = down
+
+
+class FaustPipeline:
+    """The agent's resources (model, producer, sinks, metrics server), created when the worker starts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.handler: BatchHandler | None = None
+        self._health: HealthServer | None = None
+        self._model_source: ModelSource | None = None
+
+    def start(self) -> BatchHandler:
+        if self.handler is None:
+            settings = self.settings
+            self._model_source = ModelSource(settings)
+            predictor = self._model_source.load()
+            self._model_source.start_reloading()
+            producer = make_producer(settings)
+            self.handler = BatchHandler(settings, self._model_source, build_sinks(settings, producer),
+                                        DeadLetterWriter(producer, settings))
+            if settings.metrics.enabled:
+                self._health = HealthServer(settings.metrics.host, settings.metrics.port,
+                                            ready=self.handler.ready).start()
+            log.info("faust pipeline ready", extra={"model": predictor.info.name, "version": predictor.info.version,
+                                                    "device": predictor.device})
+        return self.handler
+
+    def stop(self) -> None:
+        if self.handler is not None:
+            for sink in self.handler.sinks:
+                sink.close()
+        if self._model_source is not None:
+            self._model_source.stop()
+        if self._health is not None:
+            self._health.stop()
+
+    async def process(self, events: Sequence[Any]) -> None:
+        """One ``take_events`` batch; returns only when it is durably done (else the process exits)."""
+        handler = self.handler or await asyncio.to_thread(self.start)
+        envelopes = [handler.envelope(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
+                                      key=e.message.key, value=e.message.value,
+                                      timestamp_s=e.message.timestamp or None) for e in events]
+        work = asyncio.ensure_future(asyncio.to_thread(handler.handle, envelopes))
+        try:
+            done = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The worker is stopping: Faust acks this batch as soon as we return, so finish it first.
+            timeout = self.settings.batch.shutdown_timeout_s
+            log.info("worker stopping: finishing the batch in flight", extra={"records": len(envelopes)})
+            try:
+                done = await asyncio.wait_for(asyncio.shield(work), timeout)
+            except BaseException as exc:  # noqa: BLE001 - timeout, second cancel or crash: never ack it
+                _exit_without_commit(f"batch in flight not written within {timeout}s ({type(exc).__name__})")
+            if not done:
+                _exit_without_commit("batch in flight abandoned")
+            raise
+        except Exception:
+            log.exception("batch handler crashed")
+            _exit_without_commit("batch handler crashed")
+        if not done:
+            _exit_without_commit("batch abandoned")
+
+
+def _exit_without_commit(why: str) -> None:
+    """Exit before Faust can ack and commit a batch that is not durably written (at-least-once)."""
+    log.critical("exiting so the batch is not committed; it will be consumed again", extra={"why": why})
+    logging.shutdown()
+    os._exit(EXIT_BATCH_NOT_WRITTEN)
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Faust app settings derived from corestream settings."""
+    kafka = settings.kafka
+    return {
+        "broker": [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")],
+        "broker_session_timeout": kafka.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": min(3.0, kafka.session_timeout_ms / 3000),
+        "broker_max_poll_interval": kafka.max_poll_interval_ms / 1000,
+        "consumer_auto_offset_reset": kafka.auto_offset_reset,
+        "topic_partitions": kafka.partitions,
+        "topic_replication_factor": kafka.replication_factor,
+        "topic_disable_leader": True,  # no "__assignor-__leader" topic: this app has no tables
+        "producer_acks": -1,
+        "store": "memory://",
+        "web_enabled": False,  # metrics/healthz/readyz come from streaming.health on metrics.port
+        "datadir": str(Path(tempfile.gettempdir()) / f"corestream-faust-{kafka.group_id}"),
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app; its consumer group is ``kafka.group_id`` (do not share it with `corestream run`)."""
+    app = faust.App(settings.kafka.group_id, **faust_config(settings))
+    topic = app.topic(*settings.kafka.input_topics, key_type=bytes, value_type=bytes)
+    pipeline = FaustPipeline(settings)
+    batch = settings.batch
+    within = max(batch.max_wait_ms, 1) / 1000
+
+    @app.agent(topic, name="classify", concurrency=1)
+    async def classify(stream) -> None:
+        await asyncio.to_thread(pipeline.start)
+        async for events in stream.take_events(batch.max_batch_records, within=within):
+            await pipeline.process(events)
+
+    @app.on_after_configured.connect
+    def _configured(_app, **kwargs) -> None:  # pragma: no cover - Faust signal
+        log.info("faust app configured", extra={"group_id": settings.kafka.group_id})
+
+    app.corestream_pipeline = pipeline  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(app: faust.App, settings: Settings) -> int:
+    """Run the worker until SIGINT/SIGTERM; logging stays corestream's JSON logging."""
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        app.corestream_pipeline.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("faust-worker", help="run the classifier as a Faust worker",
+                                   description="The stream processor's pipeline in a faust-streaming agent "
+                                   "(see docs/operations.md for the trade-offs against `corestream run`).")
+    parser.set_defaults(func=lambda args, settings: run_worker(create_app(settings), settings))
+
+
+def __getattr__(name: str) -> Any:
+    """``faust -A streaming.faust_app``: the app is built from settings on first access."""
+    if name == "app":
+        global app
+        app = create_app(load_settings())
+        return app
+    raise AttributeError(name)

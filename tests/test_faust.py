@@ -1,0 +1,155 @@
+"""The Faust worker: end to end against the test brokers (and a real Kafka when KAFKA_URL is set), and its
+batch handler directly (validation, sinks, dead letters, a sink outage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+from models.records import ClassificationResult
+from streaming.dead_letter import DeadLetterWriter
+from streaming.faust_app import BatchHandler, create_app, faust_config
+from streaming.kafka_clients import make_producer
+from streaming.model_source import ModelSource
+from streaming.sinks import JsonlSink, SinkFailure, SinkUnavailable
+from tests.helpers_stream import (
+    committed_offsets,
+    produce,
+    read_topic,
+    record_messages,
+    sample_records,
+    settings_env,
+    stream_settings,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD_MESSAGES = {
+    b"bad-json": b"{not json",
+    b"bad-empty": b"",
+    b"bad-utf8": b"\xff\xfe\x00title",
+    b"bad-no-text": json.dumps({"id": "no-text"}).encode(),
+    b"bad-array": b"[1, 2]",
+}
+BAD_REASONS = {b"bad-json": "invalid_json", b"bad-empty": "empty_message", b"bad-utf8": "not_utf8",
+               b"bad-no-text": "invalid_record", b"bad-array": "invalid_record"}
+
+
+def jsonl_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(params=["tansu", "noida", "kafka"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """Each test broker, plus a real Kafka when KAFKA_URL is set."""
+    if request.param == "kafka":
+        if not os.environ.get("KAFKA_URL"):
+            pytest.skip("KAFKA_URL is not set (a real Kafka broker for this variant)")
+        return os.environ["KAFKA_URL"]
+    return request.getfixturevalue(request.param).bootstrap
+
+
+@pytest.mark.timeout(180)
+def test_faust_worker_end_to_end(broker: str, tmp_path: Path) -> None:
+    """`corestream faust-worker`: every good record reaches the output topic and the JSONL sink once, every bad
+    message the DLQ with its reason, offsets are committed; SIGTERM stops it cleanly."""
+    jsonl = tmp_path / "results.jsonl"
+    settings = stream_settings(broker, sinks={"jsonl_path": str(jsonl)}, log_format="json")
+    topic = settings.kafka.input_topics[0]
+    records = sample_records(40, prefix="faust")
+    ends = produce(broker, topic, record_messages(records[:20]) + list(BAD_MESSAGES.items()) +
+                   record_messages(records[20:]))
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "streaming.cli", "faust-worker"], cwd=ROOT,
+                                  env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(jsonl_ids(jsonl)) >= len(records) or worker.poll() is not None, 120,
+                 "the faust worker to classify every record")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        assert sorted(jsonl_ids(jsonl)) == sorted(r["id"] for r in records)
+        output = read_topic(broker, settings.kafka.output_topic)
+        assert sorted(m.key.decode() for m in output) == sorted(r["id"] for r in records)
+        result = ClassificationResult.model_validate_json(output[0].value)
+        assert result.model.name == "tiny-bag" and result.model.version == "t1"
+        dead = read_topic(broker, settings.kafka.dlq_topic(topic))
+        assert {m.key: m.headers["reason"] for m in dead} == BAD_REASONS
+        values = {m.key: m.value for m in dead}
+        assert values.pop(b"bad-empty") in (b"", None)  # an empty value may come back as None
+        assert values == {k: v for k, v in BAD_MESSAGES.items() if k != b"bad-empty"}
+        assert all(m.headers["source_topic"] == topic for m in dead)
+        wait_for(lambda: committed_offsets(broker, settings.kafka.group_id, topic) == ends, 30,
+                 f"offsets {ends} to be committed")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+    assert code == 0, log.read_text()[-3000:]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(line["msg"] == "faust pipeline ready" and line["version"] == "t1" for line in lines)
+
+
+class FlakySink(JsonlSink):
+    """The real JSONL sink behind an outage of ``outages`` failed writes."""
+
+    def __init__(self, path: Path, outages: int) -> None:
+        super().__init__(path)
+        self.name = "flaky-jsonl"
+        self.outages = outages
+
+    def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        if self.outages:
+            self.outages -= 1
+            raise SinkUnavailable("simulated outage")
+        return super().write(results)
+
+
+@pytest.mark.timeout(120)
+def test_batch_handler_runs_the_pipeline_core(noida, tmp_path: Path) -> None:
+    """decode -> infer -> sinks -> DLQ on one batch, retrying through a sink outage, skipping listed sources."""
+    settings = stream_settings(noida.bootstrap, skip_sources=["spam"])
+    topic = settings.kafka.input_topics[0]
+    producer = make_producer(settings)
+    sink = FlakySink(tmp_path / "out.jsonl", outages=2)
+    handler = BatchHandler(settings, ModelSource(settings), [sink], DeadLetterWriter(producer, settings))
+    records = sample_records(6, prefix="h")
+    values = [json.dumps(r).encode() for r in records] + [b"{", json.dumps({**records[0], "id": "s1",
+                                                                             "source": "spam"}).encode()]
+    envelopes = [handler.envelope(topic=topic, partition=0, offset=i, key=None, value=v, timestamp_s=None)
+                 for i, v in enumerate(values)]
+    assert [env.to_classify for env in envelopes] == [True] * 6 + [False, False]
+    assert envelopes[6].rejection.reason == "invalid_json" and envelopes[7].skipped_source == "spam"
+    assert handler.handle(envelopes) is True
+    assert sink.outages == 0 and handler.outage is False
+    assert jsonl_ids(tmp_path / "out.jsonl") == [r["id"] for r in records]
+    assert handler.classified == 6 and handler.dead_lettered == 1
+    (dead,) = read_topic(noida.bootstrap, settings.kafka.dlq_topic(topic))
+    assert dead.value == b"{" and dead.headers["reason"] == "invalid_json" and dead.headers["source_offset"] == "6"
+
+
+def test_faust_app_is_configured_from_settings() -> None:
+    settings = Settings(kafka={"bootstrap_servers": "k1:9092,k2:9092", "group_id": "g", "session_timeout_ms": 9000,
+                               "input_topics": ["a", "b"]})
+    config = faust_config(settings)
+    assert config["broker"] == ["kafka://k1:9092", "kafka://k2:9092"]
+    assert config["broker_session_timeout"] == 9 and config["producer_acks"] == -1
+    app = create_app(settings)
+    assert app.conf.id == "g" and app.conf.topic_disable_leader is True
+    (agent,) = app.agents.values()
+    assert set(agent.channel.topics) == {"a", "b"}
+
+
+def test_faust_cli_finds_the_app() -> None:
+    """`faust -A streaming.faust_app` loads the module-level app built from CORESTREAM_* settings."""
+    result = subprocess.run([sys.executable, "-m", "faust", "-A", "streaming.faust_app", "agents"], cwd=ROOT,
+                            env={**os.environ, "CORESTREAM_KAFKA__GROUP_ID": "from-env"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "classify" in result.stdout
