@@ -97,11 +97,24 @@ def test_cli_filters_by_date_and_category(tmp_path: Path, capsys: pytest.Capture
     assert "filtered out categories: 1, date: 3" in report  # astro-ph.GA; 2007-03-31, 1999 and 1993
 
 
-def test_cli_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["dataset", "--from-arxiv-snapshot", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().endswith(f"input file not found: {tmp_path / 'nope.jsonl'}")
     assert cli(["dataset", "--from-arxiv-snapshot", str(tmp_path), "--out", "o", "--date-from", "2020-13"]) == 2
     assert "not a date: '2020-13'" in capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(gzip.compress(b'{"id": "1", "title": "t"}\n' * 50)[:-20])  # cut short
+    out = tmp_path / "out.jsonl"
+    assert cli(["dataset", "--from-arxiv-snapshot", str(corrupt), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read {corrupt}" in err
+    assert not out.exists() and not list(tmp_path.glob(".tmp.*"))  # no half-written dataset left behind
+
+    snapshot = write_snapshot(tmp_path / "snap.jsonl")
+    (tmp_path / "a-file").write_text("")
+    assert cli(["undersample", str(snapshot), str(tmp_path / "a-file" / "out.jsonl")]) == 2
+    assert "a-file" in capsys.readouterr().err
 
 
 def test_stats_tables_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

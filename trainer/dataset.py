@@ -117,13 +117,14 @@ def iter_json_lines(path: str | os.PathLike[str], skipped: SkipCounter) -> Itera
 
 
 def read_dataset(path: str | os.PathLike[str], skipped: SkipCounter | None = None,
-                 keep_fields: Iterable[str] = ()) -> list[dict[str, Any]]:
+                 keep_fields: Iterable[str] = (), progress: bool = False) -> list[dict[str, Any]]:
     """Rows of a dataset file, validated and normalised by :func:`parse_record`; ``date`` and ``keep_fields``
     are kept as they are."""
     skipped = SkipCounter() if skipped is None else skipped
     extra = ["date", *keep_fields]
     rows = []
-    for number, data in iter_json_lines(path, skipped):
+    lines = iter_json_lines(path, skipped)
+    for number, data in tqdm(lines, desc=f"reading {Path(path).name}", unit="rec", disable=not progress):
         try:
             record = parse_record(data)
         except RecordError as exc:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from config.cli import CommandError
 from config.settings import Settings
@@ -28,7 +31,18 @@ from trainer.split import SPLIT_NAMES, stratified_split, time_split, undated
 from trainer.stats import DatasetStats, format_table
 from trainer.undersample import category_counts, undersample
 
-log = logging.getLogger(__name__)
+
+def user_errors(command: Callable[..., int]) -> Callable[..., int]:
+    """Bad input, unreadable or unwritable files and unreachable servers end the command with one line."""
+
+    @functools.wraps(command)
+    def run(*args: Any) -> int:
+        try:
+            return command(*args)
+        except (DatasetError, OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,21 +84,19 @@ def _register_dataset(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args, settings: dataset_command(args, settings))
 
 
+@user_errors
 def dataset_command(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        if args.from_es:
-            report = _dataset_from_es(args, settings)
-        else:
-            proxy = CorenessProxy.load(args.proxy_file) if args.proxy_file else None
-            report = build_from_snapshot(
-                args.from_arxiv_snapshot, args.out, proxy=proxy,
-                date_from=parse_day(args.date_from) if args.date_from else None,
-                date_to=parse_day(args.date_to, end=True) if args.date_to else None,
-                categories=[c.strip() for c in (args.categories or "").split(",") if c.strip()],
-                progress=not args.no_progress,
-            )
-    except (DatasetError, ValueError, OSError) as exc:
-        raise CommandError(str(exc)) from None
+    if args.from_es:
+        report = _dataset_from_es(args, settings)
+    else:
+        proxy = CorenessProxy.load(args.proxy_file) if args.proxy_file else None
+        report = build_from_snapshot(
+            args.from_arxiv_snapshot, args.out, proxy=proxy,
+            date_from=parse_day(args.date_from) if args.date_from else None,
+            date_to=parse_day(args.date_to, end=True) if args.date_to else None,
+            categories=[c.strip() for c in (args.categories or "").split(",") if c.strip()],
+            progress=not args.no_progress,
+        )
     print(report)
     return 0
 
@@ -121,12 +133,10 @@ def _register_undersample(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args, settings: undersample_command(args))
 
 
+@user_errors
 def undersample_command(args: argparse.Namespace) -> int:
     rows = _read(args.input)
-    try:
-        kept = undersample(rows, args.threshold, args.seed)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    kept = undersample(rows, args.threshold, args.seed)
     write_jsonl(kept, args.output)
     before, after = category_counts(rows), category_counts(kept)
     print(format_table(["category", "before", "after"],
@@ -152,19 +162,16 @@ def _register_split(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args, settings: split_command(args))
 
 
+@user_errors
 def split_command(args: argparse.Namespace) -> int:
     rows = _read(args.input, keep_fields=[args.date_field])
-    try:
-        if args.by_time:
-            missing = undated(rows, args.date_field)
-            if missing:
-                log.warning("%d records have no %s and are left out of the split", len(missing), args.date_field)
-                print(f"left out {len(missing)} records without '{args.date_field}' (e.g. id {missing[0]['id']})")
-            parts = time_split([r for r in rows if r.get(args.date_field)], args.valid, args.test, args.date_field)
-        else:
-            parts = stratified_split(rows, args.valid, args.test, args.seed)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    if args.by_time:
+        missing = undated(rows, args.date_field)
+        if missing:
+            print(f"left out {len(missing)} records without '{args.date_field}' (e.g. id {missing[0]['id']})")
+        parts = time_split([r for r in rows if r.get(args.date_field)], args.valid, args.test, args.date_field)
+    else:
+        parts = stratified_split(rows, args.valid, args.test, args.seed)
     table = []
     for name in SPLIT_NAMES:
         path = args.out_dir / f"{name}.jsonl"
@@ -189,6 +196,7 @@ def _register_stats(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args, settings: stats_command(args))
 
 
+@user_errors
 def stats_command(args: argparse.Namespace) -> int:
     rows = _read(args.input)
     stats = DatasetStats.of(rows)
@@ -206,10 +214,7 @@ def stats_command(args: argparse.Namespace) -> int:
 def _read(path: Path, keep_fields: list[str] | None = None) -> list[dict]:
     """Dataset rows; invalid lines are reported (count by reason) and left out."""
     skipped = SkipCounter()
-    try:
-        rows = read_dataset(path, skipped, keep_fields=keep_fields or ())
-    except DatasetError as exc:
-        raise CommandError(str(exc)) from None
+    rows = read_dataset(path, skipped, keep_fields=keep_fields or (), progress=True)
     if skipped:
         print(f"skipped {skipped.total()} invalid lines of {path} ({skipped.summary()})")
     return rows
