@@ -71,6 +71,11 @@ class SkipCounter(Counter):
         return ", ".join(f"{reason}: {count}" for reason, count in sorted(self.items())) or "none"
 
 
+def skip_reason(error: RecordError) -> str:
+    """The record error's reason, with records lacking both title and abstract told apart as ``no_text``."""
+    return SKIP_NO_TEXT if "missing title and abstract" in error.message else error.reason
+
+
 @dataclass
 class BuildReport:
     """What a dataset build read, wrote and skipped."""
@@ -128,7 +133,7 @@ def read_dataset(path: str | os.PathLike[str], skipped: SkipCounter | None = Non
         try:
             record = parse_record(data)
         except RecordError as exc:
-            skipped.skip(exc.reason, f"{path}:{number}", exc.message)
+            skipped.skip(skip_reason(exc), f"{path}:{number}", exc.message)
             continue
         rows.append(record.model_dump() | {key: data.get(key) for key in extra})
     return rows
@@ -314,8 +319,7 @@ def build_from_es(
                 try:
                     yield inspire_row(hit, date_field)
                 except RecordError as exc:
-                    reason = SKIP_NO_TEXT if "missing title and abstract" in exc.message else exc.reason
-                    skipped.skip(reason, f"{index}/{hit.get('_id')}", exc.message)
+                    skipped.skip(skip_reason(exc), f"{index}/{hit.get('_id')}", exc.message)
 
     written = write_jsonl(rows(), out)
     return BuildReport(Path(out), read, written, skipped)
@@ -390,8 +394,7 @@ def read_snapshot(
         try:
             row = snapshot_row(data, proxy)
         except RecordError as exc:
-            reason = SKIP_NO_TEXT if "missing title and abstract" in exc.message else exc.reason
-            skipped.skip(reason, f"{path}:{number}", exc.message)
+            skipped.skip(skip_reason(exc), f"{path}:{number}", exc.message)
             continue
         if (date_from or date_to) and row["date"] is None:
             skipped.skip(SKIP_NO_DATE, f"{path}:{number}", f"record {row['id']} has no date to filter on")
