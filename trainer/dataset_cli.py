@@ -64,23 +64,29 @@ def _register_dataset(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--from-es", action="store_true", help="read INSPIRE literature records from Elasticsearch")
     source.add_argument("--from-arxiv-snapshot", metavar="FILE", type=Path,
                         help="read an arXiv metadata snapshot (JSONL, .gz too)")
-    parser.add_argument("--out", required=True, type=Path, help="output JSONL file (.gz compresses)")
+    parser.add_argument("--out", metavar="FILE", required=True, type=Path, help="output JSONL file (.gz compresses)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     es = parser.add_argument_group("Elasticsearch (--from-es)")
-    es.add_argument("--es-url", help="default: the elasticsearch.url setting")
-    es.add_argument("--index", default=DEFAULT_INDEX, help="literature index (default: %(default)s)")
-    es.add_argument("--year-from", type=int, help="first creation year (required with --from-es)")
-    es.add_argument("--month-from", type=int, default=1, help="first month of --year-from (default: 1)")
-    es.add_argument("--year-to", type=int, help="last creation year, inclusive (required with --from-es)")
-    es.add_argument("--month-to", type=int, default=12, help="last month of --year-to, inclusive (default: 12)")
-    es.add_argument("--date-field", default=DEFAULT_DATE_FIELD,
+    es.add_argument("--es-url", metavar="URL", help="default: the elasticsearch.url setting")
+    es.add_argument("--index", metavar="INDEX", default=DEFAULT_INDEX, help="literature index (default: %(default)s)")
+    es.add_argument("--year-from", metavar="YYYY", type=int, help="first creation year (required with --from-es)")
+    es.add_argument("--month-from", metavar="M", type=int, default=1, help="first month of --year-from (default: 1)")
+    es.add_argument("--year-to", metavar="YYYY", type=int,
+                    help="last creation year, inclusive (required with --from-es)")
+    es.add_argument("--month-to", metavar="M", type=int, default=12,
+                    help="last month of --year-to, inclusive (default: 12)")
+    es.add_argument("--date-field", metavar="FIELD", default=DEFAULT_DATE_FIELD,
                     help="creation date field to filter on (default: %(default)s)")
-    es.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="hits per page (default: %(default)s)")
+    es.add_argument("--page-size", metavar="N", type=int, default=DEFAULT_PAGE_SIZE,
+                    help="hits per page (default: %(default)s)")
     snap = parser.add_argument_group("arXiv snapshot (--from-arxiv-snapshot)")
-    snap.add_argument("--date-from", help="first submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
-    snap.add_argument("--date-to", help="last submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
-    snap.add_argument("--categories", help="comma-separated category prefixes to keep, e.g. hep-th,gr-qc,astro-ph")
-    snap.add_argument("--proxy-file", type=Path, help="coreness proxy YAML (default: config/coreness_proxy.yaml)")
+    snap.add_argument("--date-from", metavar="DATE",
+                      help="first submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
+    snap.add_argument("--date-to", metavar="DATE", help="last submission date, inclusive: YYYY, YYYY-MM or YYYY-MM-DD")
+    snap.add_argument("--categories", metavar="PREFIXES",
+                      help="comma-separated category prefixes to keep, e.g. hep-th,gr-qc,astro-ph")
+    snap.add_argument("--proxy-file", metavar="YAML", type=Path,
+                      help="coreness proxy YAML (default: config/coreness_proxy.yaml)")
     parser.set_defaults(func=lambda args, settings: dataset_command(args, settings))
 
 
