@@ -1,0 +1,236 @@
+"""Pipeline benchmark (a script, not a test): what micro-batching and the pipeline cost and buy.
+
+One run, one model, one batch size:
+
+(a) model only: ``Predictor.predict_batch`` over in-memory records, batch by batch;
+(b) the full pipeline: a pre-filled topic -> StreamProcessor -> Elasticsearch + output topic acknowledged;
+(c) the per-record pipeline: the same with ``max_batch_records=1`` (one request, one record, one commit);
+then the end-to-end latency (produce -> every sink acknowledged) at a fixed produce rate.
+
+Kafka is an embedded Tansu broker (streaming/embedded.py), Elasticsearch is noida-db (tests/servers.py).
+Throughput of (b) and (c) is measured between the first and the last sink acknowledgement, so the
+consumer-group join is not counted.
+
+    python bench/pipeline.py                         # bag demo model, generated records
+    python bench/pipeline.py --model artifacts/model --data ../shared/data/arxiv-valid-2018.jsonl.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config.logging import setup_logging  # noqa: E402
+from config.settings import Settings, load_settings  # noqa: E402
+from models.records import ClassificationResult, Record, parse_record  # noqa: E402
+from streaming.dead_letter import DeadLetterWriter  # noqa: E402
+from streaming.embedded import EmbeddedBroker  # noqa: E402
+from streaming.kafka_clients import create_topics, make_producer  # noqa: E402
+from streaming.metrics import REGISTRY  # noqa: E402
+from streaming.model_source import ModelSource  # noqa: E402
+from streaming.processor import StreamProcessor  # noqa: E402
+from streaming.sinks import SinkFailure, build_sinks  # noqa: E402
+from tests.servers import NoidaServer  # noqa: E402
+
+
+class AckProbe:
+    """A last sink that notes when each result's batch was acknowledged by every sink before it."""
+
+    name = "ack_probe"
+
+    def __init__(self) -> None:
+        self.acked: dict[str, float] = {}
+        self.done = threading.Event()
+        self.expected = 0
+
+    def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        now = time.time()
+        for result in results:
+            self.acked.setdefault(result.id, now)
+        if self.expected and len(self.acked) >= self.expected:
+            self.done.set()
+        return []
+
+    def check(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def load_records(data: str | None, count: int, seed: int) -> list[Record]:
+    if data is None:
+        from trainer.sample import generate_sample
+
+        return [parse_record(r) for r in generate_sample(count, seed=seed)]
+    records = []
+    opener = gzip.open if data.endswith(".gz") else open
+    with opener(data, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            records.append(parse_record(line))
+            if len(records) == count:
+                break
+    return records
+
+
+def bench_settings(base: Settings, bootstrap: str, es_url: str, model: str, batch_records: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return load_settings(**{
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [f"bench-{tag}"], "output_topic": f"bench-{tag}.out",
+                  "group_id": f"bench-{tag}", "partitions": base.kafka.partitions},
+        "elasticsearch": {"url": es_url, "index": f"bench-{tag}"},
+        "model": {"model": model, "reload_interval_s": 0, "device": base.model.device},
+        "batch": {**base.batch.model_dump(), "max_batch_records": batch_records},
+    })
+
+
+def produce(settings: Settings, records: Sequence[Record], rate: float | None = None) -> dict[str, float]:
+    """Publish records (at ``rate`` per second if given); return the produce time of each id."""
+    producer = make_producer(settings)
+    topic = settings.kafka.input_topics[0]
+    sent: dict[str, float] = {}
+    start = time.time()
+    for i, record in enumerate(records):
+        if rate:
+            delay = start + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        sent[record.id] = time.time()
+        producer.produce(topic, value=record.model_dump_json().encode(), key=record.id.encode())
+        producer.poll(0)
+    producer.flush(60)
+    return sent
+
+
+def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thread, threading.Event, list]:
+    producer = make_producer(settings)
+    sinks = [*build_sinks(settings, producer), probe]
+    processor = StreamProcessor(settings, ModelSource(settings), sinks, DeadLetterWriter(producer, settings))
+    stop = threading.Event()
+    stats: list = []
+    thread = threading.Thread(target=lambda: stats.append(processor.run(stop)), daemon=True)
+    thread.start()
+    return thread, stop, stats
+
+
+def model_only(settings: Settings, records: Sequence[Record], batch: int) -> float:
+    predictor = ModelSource(settings).load()
+    predictor.predict_batch(records[:batch])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(records), batch):
+        predictor.predict_batch(records[i:i + batch])
+    return len(records) / (time.perf_counter() - start)
+
+
+def histogram_means(names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each processor histogram so far."""
+    return {name: (REGISTRY.get_sample_value(f"{name}_sum") or 0.0, REGISTRY.get_sample_value(f"{name}_count") or 0.0)
+            for name in names}
+
+
+STAGES = {"corestream_inference_seconds": "inference", "corestream_es_bulk_seconds": "ES bulk"}
+
+
+def stage_report(before: dict[str, tuple[float, float]]) -> str:
+    after = histogram_means(list(STAGES))
+    parts = []
+    for name, label in STAGES.items():
+        total, count = after[name][0] - before[name][0], after[name][1] - before[name][1]
+        if count:
+            parts.append(f"{label} {1000 * total / count:.1f} ms/batch")
+    return ", ".join(parts)
+
+
+def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s: float) -> float:
+    before = histogram_means(list(STAGES))
+    create_topics(settings)
+    produce(settings, records)
+    probe = AckProbe()
+    probe.expected = len(records)
+    thread, stop, _ = start_processor(settings, probe)
+    finished = probe.done.wait(timeout_s)
+    stop.set()
+    thread.join(60)
+    if not finished:
+        raise RuntimeError(f"only {len(probe.acked)}/{len(records)} records acknowledged within {timeout_s}s")
+    times = sorted(probe.acked.values())
+    first_batch = sum(1 for t in times if t == times[0])
+    print(f"    mean per batch: {stage_report(before)}")
+    return (len(times) - first_batch) / (times[-1] - times[0])
+
+
+def latency(settings: Settings, records: Sequence[Record], rate: float, timeout_s: float) -> np.ndarray:
+    create_topics(settings)
+    probe = AckProbe()
+    thread, stop, _ = start_processor(settings, probe)
+    warmup = records[:1]
+    probe.expected = 1
+    produce(settings, warmup)
+    if not probe.done.wait(60):  # the group is joined and the pipeline warm
+        raise RuntimeError("the processor did not start")
+    timed = records[1:]
+    probe.done.clear()
+    probe.expected = len(records)
+    sent = produce(settings, timed, rate)
+    finished = probe.done.wait(timeout_s)
+    stop.set()
+    thread.join(60)
+    if not finished:
+        raise RuntimeError(f"only {len(probe.acked)}/{len(records)} records acknowledged within {timeout_s}s")
+    return np.array([probe.acked[rid] - t for rid, t in sent.items()])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="artifacts/demo-model", help="checkpoint (trained if it is the demo's)")
+    parser.add_argument("--data", help="JSONL records (.gz ok; default: generated sample records)")
+    parser.add_argument("--records", type=int, default=5000, help="records for (a) and (b)")
+    parser.add_argument("--per-record", type=int, default=500, help="records for (c), batch size 1")
+    parser.add_argument("--batch", type=int, default=64, help="micro-batch size for (a) and (b)")
+    parser.add_argument("--rate", type=float, default=100.0, help="produce rate for the latency run (records/s)")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    setup_logging("WARNING", "text")
+    base = load_settings()
+    if args.model == "artifacts/demo-model":
+        from streaming.demo import ensure_model
+
+        ensure_model(Path(args.model), 1500, retrain=False)
+    latency_count = int(args.rate * args.latency_seconds)
+    records = load_records(args.data, max(args.records, latency_count + 1), seed=1)
+    print(f"model {args.model}; {len(records)} records ({args.data or 'generated sample'}); batch {args.batch}; "
+          f"max_wait_ms {base.batch.max_wait_ms}; partitions {base.kafka.partitions}")
+
+    with EmbeddedBroker() as broker, NoidaServer() as noida:
+        def settings_for(batch: int) -> Settings:
+            return bench_settings(base, broker.bootstrap, noida.es_url, args.model, batch)
+
+        a = model_only(settings_for(args.batch), records[:args.records], args.batch)
+        print(f"(a) model only:          {a:8.0f} records/s")
+        b = pipeline_throughput(settings_for(args.batch), records[:args.records], args.timeout)
+        print(f"(b) pipeline, batch {args.batch:<4} {b:8.0f} records/s  (Kafka -> model -> ES + topic -> commit)")
+        c = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout)
+        print(f"(c) pipeline, batch 1:    {c:8.0f} records/s  (one record per request)")
+        print(f"b/a pipeline efficiency:  {b / a:8.2f}")
+        print(f"b/c micro-batching gain:  {b / c:8.2f}")
+        lat = latency(settings_for(args.batch), records[:latency_count + 1], args.rate, args.timeout)
+        p50, p99 = np.percentile(lat, [50, 99]) * 1000
+        print(f"latency at {args.rate:.0f} records/s for {args.latency_seconds:.0f} s (batch {args.batch}): "
+              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat.max() * 1000:.0f} ms")
+    logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()
