@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -226,3 +227,24 @@ def test_docker_compose_config_accepts_the_file() -> None:
     result = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.timeout(180)
+def test_model_bootstrap_command_trains_pushes_and_promotes(moto_server, tmp_path: Path) -> None:
+    """The one-shot's shell command, run as compose would (``$$`` -> ``$``) against S3 (moto), twice."""
+    import boto3
+
+    bucket = "bootstrap-models"
+    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
+    command = SERVICES["model-bootstrap"]["command"][0].replace("$$", "$")
+    command = command.replace("--sample-count 3000", "--sample-count 300").replace("/tmp/bootstrap-model",
+                                                                                 str(tmp_path / "model"))
+    env = {**os.environ, "CORESTREAM_REGISTRY__ENDPOINT_URL": moto_server.endpoint_url,
+           "CORESTREAM_REGISTRY__BUCKET": bucket, "CORESTREAM_MODEL__DEVICE": "cpu"}
+    for _ in range(2):  # the second run finds the model and does nothing
+        result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=150)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    listing = subprocess.run(["corestream-train", "list", "corestream", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60, check=True)
+    (version,) = json.loads(listing.stdout)
+    assert version["envs"] == ["prod"]
