@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from config.settings import load_settings
+from models.records import ClassificationResult
 from streaming.cli import main
 from streaming.kafka_clients import make_admin
 
@@ -103,3 +104,20 @@ def test_produce_reports_missing_file_and_unreachable_broker(monkeypatch: pytest
     assert main(["produce", str(path), "--no-progress"]) == 2
     assert "1 of 1 records were not delivered" in capsys.readouterr().err
 
+
+def test_classify_prints_result_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.train import train_model
+
+    checkpoint = train_model(None, arch="bag", output_dir=tmp_path / "model", sample_count=300, epochs=1,
+                             progress=False, name="cli-test", version="1")
+    title, abstract = "Black hole entropy in string theory", "We count microstates of extremal black holes."
+    assert main(["classify", title, abstract, "--model", str(checkpoint), "--id", "q1"]) == 0
+    result = ClassificationResult.model_validate_json(capsys.readouterr().out)
+    assert result.id == "q1"
+    assert (result.model.name, result.model.version, result.model.arch) == ("cli-test", "1", "bag")
+    assert result.coreness.label in ("core", "non_core", "rejected")
+
+    assert main(["classify", title, abstract, "--model", str(tmp_path / "missing")]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+    assert main(["classify", "", "", "--model", str(checkpoint)]) == 2
+    assert "missing title and abstract" in capsys.readouterr().err
