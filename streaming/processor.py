@@ -356,6 +356,7 @@ class StreamProcessor:
         self._sink_stage = SinkStage(
             self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
             max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
+            max_dead_letter_bytes=self.settings.records.max_message_bytes,
             on_outage=self._on_outage, inbox=self._sink_q, outbox=self._done_q, **common)
         self._inference.start()
         self._sink_stage.start()

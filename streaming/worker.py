@@ -177,7 +177,7 @@ class SinkStage(Stage):
     """
 
     def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterWriter, ownership: Ownership, *,
-                 backoff_s: float, max_backoff_s: float, dlq_timeout_s: float,
+                 backoff_s: float, max_backoff_s: float, dlq_timeout_s: float, max_dead_letter_bytes: int,
                  on_outage: Callable[[bool], None], **kw) -> None:
         super().__init__("sinks", **kw)
         self.sinks = list(sinks)
@@ -185,6 +185,7 @@ class SinkStage(Stage):
         self.ownership = ownership
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.dlq_timeout_s = dlq_timeout_s
+        self.max_dead_letter_bytes = max_dead_letter_bytes
         self.on_outage = on_outage
         self.classified = 0
         self.dead_lettered = 0
@@ -225,8 +226,9 @@ class SinkStage(Stage):
         while True:
             try:
                 for env, reason, error in letters:
+                    value, error = self._fit(env.value, error)
                     self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
-                                           value=env.value, reason=reason, error=error)
+                                           value=value, reason=reason, error=error)
                 self.dead_letters.flush(self.dlq_timeout_s)
                 break
             except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
@@ -238,6 +240,14 @@ class SinkStage(Stage):
         for _, reason, _ in letters:
             RECORDS_DEAD_LETTERED.labels(reason=reason).inc()
         self.dead_lettered += len(letters)
+
+    def _fit(self, value: bytes | None, error: str) -> tuple[bytes | None, str]:
+        """Original bytes above the producer's message limit are cut to it (the header says so); a dead
+        letter that can never be produced would otherwise block its partition forever."""
+        if value is None or len(value) <= self.max_dead_letter_bytes:
+            return value, error
+        note = f" [dead-letter value truncated from {len(value)} to {self.max_dead_letter_bytes} bytes]"
+        return value[: self.max_dead_letter_bytes], error[: 4000 - len(note)] + note
 
     def _wait_to_retry(self, batch: Batch, what: str, exc: BaseException, attempt: int) -> bool:
         """Back off before another attempt; False (batch abandoned) if its partitions are gone."""
