@@ -38,7 +38,7 @@ from trainer.thresholds import apply_thresholds, tune_thresholds
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 2e-2},
+    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2},
     "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5},
 }
 DEFAULT_SAMPLE_COUNT = 2000
@@ -94,12 +94,18 @@ def build_model(arch: str, num_categories: int, base_model: str | Path | None, m
     return cls(num_categories, **params)
 
 
-def make_optimizers(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """AdamW for dense parameters, SparseAdam for sparse embeddings (the bag's hashed n-gram table)."""
+def make_optimizers(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                    head_lr_factor: float = 1.0) -> list[torch.optim.Optimizer]:
+    """AdamW for dense parameters (the heads at ``head_lr_factor`` x the rate, so that fresh heads on a pretrained
+    encoder learn quickly), SparseAdam for sparse embeddings (the bag's hashed n-gram table)."""
     sparse = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse
               for p in m.parameters()}
-    dense = [p for p in model.parameters() if id(p) not in sparse and p.requires_grad]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay)]
+    heads, body = [], []
+    for name, param in model.named_parameters():
+        if id(param) not in sparse and param.requires_grad:
+            (heads if name.split(".")[0].endswith("_head") else body).append(param)
+    groups = [{"params": heads, "lr": learning_rate * head_lr_factor}] + ([{"params": body}] if body else [])
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)]
     if sparse:
         optimizers.append(torch.optim.SparseAdam([p for p in model.parameters() if id(p) in sparse], lr=learning_rate))
     return optimizers
@@ -197,7 +203,8 @@ def train_model(
     y_cats = torch.from_numpy(category_targets(train_records, labels))
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
-    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch == "bag" else 0.01)
+    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch == "bag" else 0.01,
+                                 head_lr_factor=1.0 if arch == "bag" else 20.0)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.05, 1 - step / max(1, total_steps)))
                   for opt in optimizers]
     amp_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
@@ -294,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default="artifacts/model", help="checkpoint directory (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="bag: 5, transformer: 2")
     p.add_argument("--batch-size", type=int, help="bag: 64, transformer: 16")
-    p.add_argument("--learning-rate", type=float, help="bag: 2e-2, transformer: 5e-5")
+    p.add_argument("--learning-rate", type=float, help="bag: 5e-2, transformer: 5e-5")
     p.add_argument("--sample-count", type=int, help="use at most this many records")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="validation share (default: %(default)s)")
     p.add_argument("--min-category-count", type=int, default=5,
