@@ -131,8 +131,11 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _metrics_summary(metrics: dict[str, Any], limit: int = 4) -> str:
-    """The first few numeric metrics (nested dicts flattened with '.'), e.g. ``micro_f1=0.812``."""
+SUMMARY_METRICS = ("category_f1_micro", "category_map", "coreness_macro_f1")
+
+
+def _metrics_summary(metrics: dict[str, Any]) -> str:
+    """The headline metrics (``valid.category_f1_micro`` -> ``category_f1_micro=0.812``), else the first three."""
     flat: list[tuple[str, float]] = []
 
     def walk(prefix: str, value: Any) -> None:
@@ -143,4 +146,5 @@ def _metrics_summary(metrics: dict[str, Any], limit: int = 4) -> str:
             flat.append((prefix, float(value)))
 
     walk("", metrics)
-    return " ".join(f"{key}={value:.3f}" for key, value in flat[:limit]) or "-"
+    headline = [(key.rsplit(".", 1)[-1], value) for key, value in flat if key.rsplit(".", 1)[-1] in SUMMARY_METRICS]
+    return " ".join(f"{key}={value:.3f}" for key, value in headline[:3] or flat[:3]) or "-"
