@@ -21,6 +21,7 @@ import re
 import shutil
 import socket
 import tempfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -324,9 +325,11 @@ class ModelRegistry:
         base = self._key(name) + "/"
         taken = {key[len(base):].split("/")[0] for key in self._list_keys(base)}
         number = max((int(m.group(1)) for v in taken if (m := _VERSION.match(v))), default=0) + 1
-        claim = {"creator": creator, "claimed_at": datetime.now(UTC).isoformat()}
+        claim = {"creator": creator, "claimed_at": datetime.now(UTC).isoformat(), "token": uuid.uuid4().hex}
         for _ in range(100):
-            if self._put_json(self._key(name, f"v{number}", CLAIM), claim, create=True):
+            key = self._key(name, f"v{number}", CLAIM)
+            # Reading the claim back also catches a store that ignores If-None-Match (last writer wins there).
+            if self._put_json(key, claim, create=True) and (self._get_json(key) or ({}, ""))[0] == claim:
                 return f"v{number}"
             number += 1
         raise RegistryError(f"could not claim a new version of {name!r}")
