@@ -13,6 +13,7 @@ from elasticsearch import Elasticsearch
 from config.settings import Settings, load_settings
 from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
 from streaming.kafka_clients import create_topics, make_producer
+from streaming.metrics import REGISTRY
 from streaming.sinks import ElasticsearchSink, JsonlSink, OutputTopicSink, SinkUnavailable, build_sinks
 from streaming.sinks.elasticsearch import ensure_index
 from tests.es_fault_proxy import EsFaultProxy
@@ -74,12 +75,20 @@ def test_es_sink_creates_index_and_upserts_classification(es_url: str, index: st
     sink.close()
 
 
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_es_sink_retries_429_then_succeeds(proxy: EsFaultProxy, es_url: str, index: str) -> None:
     sink = ElasticsearchSink(es_settings(proxy.url, index))
+    retried = _metric("corestream_sink_errors_total", sink="elasticsearch", kind="retried")
+    bulks = _metric("corestream_es_bulk_seconds_count")
     proxy.fail_next(2, status=429)
     assert sink.write([make_result(f"t{i}") for i in range(5)]) == []
     assert proxy.count("_bulk", status=429) == 2
     assert proxy.count("_bulk", status=200) == 1
+    assert _metric("corestream_sink_errors_total", sink="elasticsearch", kind="retried") == retried + 2
+    assert _metric("corestream_es_bulk_seconds_count") == bulks + 3
     es = Elasticsearch(es_url)
     es.indices.refresh(index=index)
     assert es.count(index=index)["count"] == 5
