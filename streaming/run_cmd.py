@@ -9,6 +9,8 @@ import signal
 import threading
 from dataclasses import asdict
 
+from confluent_kafka import KafkaException
+
 from config.cli import CommandError
 from config.settings import Settings
 from streaming.dead_letter import DeadLetterWriter
@@ -59,8 +61,8 @@ def run(settings: Settings, *, until_drained: bool = False, create: bool = False
     model_source.start_reloading()
     try:
         stats = processor.run(stop, until_drained=until_drained)
-    except PipelineError as exc:
-        raise CommandError(str(exc)) from None
+    except (PipelineError, KafkaException) as exc:
+        raise CommandError(f"processor stopped: {exc}") from None
     finally:
         model_source.stop()
         if health is not None:

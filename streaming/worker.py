@@ -264,6 +264,6 @@ class SinkStage(Stage):
                 batch.abandoned = True
                 self.on_outage(False)
                 return False
-            time.sleep(min(0.1, deadline - time.monotonic()) if deadline > time.monotonic() else 0)
+            time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
         return True
 
