@@ -22,10 +22,10 @@ from trainer.train import category_targets, to_records, train_model
 
 
 def _train_and_test_records(shared_data: Path | None) -> tuple[list[Record], list[Record]]:
-    """Real arXiv data when present (8k train, 1k from the later 2018 file as test), else the generated sample."""
+    """Real arXiv data when present (5k train, 1k from the later 2018 file as test), else the generated sample."""
     proxy = CorenessProxy.load()
     if shared_data is not None:
-        return (load_records(shared_data / "arxiv-train.jsonl.gz", limit=8000, proxy=proxy),
+        return (load_records(shared_data / "arxiv-train.jsonl.gz", limit=5000, proxy=proxy),
                 load_records(shared_data / "arxiv-valid-2018.jsonl.gz", limit=1000, proxy=proxy))
     return (to_records(generate_sample(3000, seed=1), None, 0, proxy),
             to_records(generate_sample(600, seed=2), None, 0, proxy))
@@ -39,7 +39,7 @@ def test_hashing_is_stable() -> None:
 @pytest.mark.timeout(300)
 def test_bag_beats_trivial_baselines_on_held_out_data(tmp_path: Path, shared_data: Path | None) -> None:
     train, test = _train_and_test_records(shared_data)
-    checkpoint = train_model(train, arch="bag", output_dir=tmp_path / "bag", epochs=4, progress=False)
+    checkpoint = train_model(train, arch="bag", output_dir=tmp_path / "bag", epochs=3, progress=False)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     labels = predictor.category_labels
     results = predictor.predict_batch(test)
