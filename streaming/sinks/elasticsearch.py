@@ -98,6 +98,7 @@ def update_action(index: str, result: ClassificationResult) -> dict[str, Any]:
         "_id": result.id,
         "doc": {"classification": result.model_dump(mode="json")},
         "doc_as_upsert": True,
+        "retry_on_conflict": 3,  # another writer updated the document meanwhile: Elasticsearch re-applies ours
     }
 
 
