@@ -8,6 +8,7 @@ from config.cli import build_parser, run_cli
 
 COMMAND_MODULES = [
     "trainer.train",
+    "trainer.evaluate",
     "trainer.registry_cli",
     "trainer.backfill",
     "trainer.dataset_cli",
