@@ -42,7 +42,7 @@ def serving(version: str) -> bool:
 
 def tamper(settings: Settings, registry: ModelRegistry, version: str) -> None:
     s3 = boto3.client("s3", endpoint_url=settings.registry.endpoint_url, region_name="us-east-1")
-    key = registry._key("demo", version, "model.safetensors")
+    key = registry.key("demo", version, "model.safetensors")
     s3.put_object(Bucket=registry.bucket, Key=key, Body=b"not the weights the manifest describes")
 
 
@@ -58,7 +58,7 @@ def test_model_source_polls_swaps_and_survives_a_bad_version(registry_env: Setti
     source.start_reloading()
     try:
         registry.promote("demo", "v2", "prod")
-        wait_for(lambda: source._pending is not None, 20, "v2 loaded in the background")
+        wait_for(lambda: source.pending_version == "v2", 20, "v2 loaded in the background")
         assert serving("v1")  # nothing changes until the processor asks for the next batch's model
         assert source.current().info.version == "v2" and serving("v2")
 
@@ -71,7 +71,7 @@ def test_model_source_polls_swaps_and_survives_a_bad_version(registry_env: Setti
 
         registry.demote("demo", "prod")  # back to v2: nothing to do, and the failure flag stays until a success
         registry.demote("demo", "prod")  # back to v1, reused from the verified cache
-        wait_for(lambda: source._pending is not None, 20, "v1 reloaded")
+        wait_for(lambda: source.pending_version == "v1", 20, "v1 reloaded")
         assert source.current().info.version == "v1" and metric("corestream_model_reload_failed") == 0.0
     finally:
         source.stop()
@@ -109,7 +109,7 @@ def test_promotion_mid_stream(noida: NoidaServer, moto_server: MotoServer, check
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "the first records in ES")
             registry.promote("demo", "v2", "prod")
             feed("during")  # the swap happens somewhere in here, between two batches
-            wait_for(lambda: serving("v2") or proc.model_source._pending is not None, 30, "v2 loaded")
+            wait_for(lambda: serving("v2") or proc.model_source.pending_version, 30, "v2 loaded")
             feed("after")
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "every record in ES")
             tamper(settings, registry, "v3")

@@ -123,7 +123,7 @@ def test_manifest_records_every_file_and_versions_are_immutable(registry_env: Se
     assert all(len(entry.sha256) == 64 and entry.size > 0 for entry in manifest.files.values())
     assert manifest.creator == "tester" and manifest.arch == "bag" and manifest.category_labels
     # The manifest, written last with If-None-Match, can never be replaced by a second push of the same id.
-    assert registry._put_json(registry._key("race", "v1", "manifest.json"), manifest, create=True) is False
+    assert registry._put_json(registry.key("race", "v1", "manifest.json"), manifest, create=True) is False
 
 
 def test_tampered_file_is_refused(registry_env: Settings, checkpoints: dict[str, Path]) -> None:
@@ -131,7 +131,7 @@ def test_tampered_file_is_refused(registry_env: Settings, checkpoints: dict[str,
     registry.push(checkpoints["a"], "demo")
     registry.promote("demo", "v1", "staging")
     s3 = boto3.client("s3", endpoint_url=registry_env.registry.endpoint_url, region_name="us-east-1")
-    key = registry._key("demo", "v1", "model.safetensors")
+    key = registry.key("demo", "v1", "model.safetensors")
     weights = bytearray(s3.get_object(Bucket=registry.bucket, Key=key)["Body"].read())
     weights[-1] ^= 0xFF
     s3.put_object(Bucket=registry.bucket, Key=key, Body=bytes(weights))

@@ -200,7 +200,8 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ keys and raw objects
 
-    def _key(self, name: str, *parts: str) -> str:
+    def key(self, name: str, *parts: str) -> str:
+        """The S3 key of ``models/{name}/{parts...}`` under the configured prefix."""
         return self.prefix + "/".join(("models", name, *parts))
 
     def _get_json(self, key: str) -> tuple[dict[str, Any], str] | None:
@@ -244,7 +245,7 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest first."""
-        base = self._key(name) + "/"
+        base = self.key(name) + "/"
         versions = []
         for key in self._list_keys(base):
             parts = key[len(base):].split("/")
@@ -260,14 +261,14 @@ class ModelRegistry:
         return versions
 
     def manifest(self, name: str, version: str) -> Manifest:
-        found = self._get_json(self._key(name, version, MANIFEST))
+        found = self._get_json(self.key(name, version, MANIFEST))
         if found is None:
             versions = self._require_name(name)
             raise RegistryError(f"unknown version {version!r} of model {name!r} (versions: {', '.join(versions)})")
         return self._parse(Manifest, found[0], f"{name} {version} manifest")
 
     def alias(self, name: str, env: str) -> Alias:
-        found = self._get_json(self._key(name, "aliases", f"{env}.json"))
+        found = self._get_json(self.key(name, "aliases", f"{env}.json"))
         if found is None:
             self._require_name(name)
             envs = ", ".join(self.aliases(name)) or "none"
@@ -276,7 +277,7 @@ class ModelRegistry:
 
     def aliases(self, name: str) -> dict[str, Alias]:
         out = {}
-        for key in self._list_keys(self._key(name, "aliases") + "/"):
+        for key in self._list_keys(self.key(name, "aliases") + "/"):
             if key.endswith(".json") and (found := self._get_json(key)):
                 alias = self._parse(Alias, found[0], key)
                 out[alias.env] = alias
@@ -314,20 +315,20 @@ class ModelRegistry:
         manifest.version = version
         with s3_errors(f"uploading {model_dir} to {name} {version}", self.settings.endpoint_url):
             for relative in manifest.files:
-                self.client.upload_file(str(model_dir / relative), self.bucket, self._key(name, version, relative))
-        if not self._put_json(self._key(name, version, MANIFEST), manifest, create=True):
+                self.client.upload_file(str(model_dir / relative), self.bucket, self.key(name, version, relative))
+        if not self._put_json(self.key(name, version, MANIFEST), manifest, create=True):
             raise RegistryError(f"{name} {version} already has a manifest; versions are immutable")
         log.info("pushed model version", extra={"model": name, "version": version, "files": len(manifest.files)})
         return manifest
 
     def _claim_version(self, name: str, creator: str) -> str:
         """Reserve the next free ``vN`` with a conditional put, so concurrent pushes get distinct ids."""
-        base = self._key(name) + "/"
+        base = self.key(name) + "/"
         taken = {key[len(base):].split("/")[0] for key in self._list_keys(base)}
         number = max((int(m.group(1)) for v in taken if (m := _VERSION.match(v))), default=0) + 1
         claim = {"creator": creator, "claimed_at": datetime.now(UTC).isoformat(), "token": uuid.uuid4().hex}
         for _ in range(100):
-            key = self._key(name, f"v{number}", CLAIM)
+            key = self.key(name, f"v{number}", CLAIM)
             # Reading the claim back also catches a store that ignores If-None-Match (last writer wins there).
             if self._put_json(key, claim, create=True) and (self._get_json(key) or ({}, ""))[0] == claim:
                 return f"v{number}"
@@ -380,7 +381,7 @@ class ModelRegistry:
                                 "set CORESTREAM_REGISTRY__ENVS to change)")
 
     def _update_alias(self, name: str, env: str, change: Any) -> Alias:
-        key = self._key(name, "aliases", f"{env}.json")
+        key = self.key(name, "aliases", f"{env}.json")
         for _ in range(_UPDATE_ATTEMPTS):
             found = self._get_json(key)
             current = self._parse(Alias, found[0], key) if found else None
@@ -394,7 +395,7 @@ class ModelRegistry:
                         clear_dont_run_on: bool = False, require_gpu: bool | None = None,
                         profiles: dict[str, Any] | None = None, remove_profiles: list[str] | None = None) -> Manifest:
         """Change a version's processor metadata (the checkpoint files stay immutable)."""
-        key = self._key(name, version, MANIFEST)
+        key = self.key(name, version, MANIFEST)
         for _ in range(_UPDATE_ATTEMPTS):
             found = self._get_json(key)
             if found is None:
@@ -432,7 +433,7 @@ class ModelRegistry:
                 for relative in manifest.files:
                     path = staging / _safe_relative(relative)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    self.client.download_file(self.bucket, self._key(name, version, relative), str(path))
+                    self.client.download_file(self.bucket, self.key(name, version, relative), str(path))
             verify_files(staging, manifest)
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
             if target.exists():
