@@ -123,7 +123,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not match {path / CONFIG_FILE}: {exc}") from None
+        detail = " ".join(str(exc).split())  # one line: "size mismatch for category_head.weight: ..."
+        raise CheckpointError(f"{weights} does not match {path / CONFIG_FILE}: {detail}") from None
     return model.to(device).eval(), config
 
 
