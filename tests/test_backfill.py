@@ -109,3 +109,9 @@ def test_backfill_killed_halfway_resumes_without_duplicates(checkpoints: dict[st
     run = json.loads((work / "run.json").read_text())
     assert (run["classified"], run["invalid"], run["lines"]) == (1000, 4, 1004)
     assert not (work / "progress.json").exists()
+
+    status, out_text, _ = cli(capsys, *argv)
+    assert status == 0 and "already complete" in out_text
+    status, _, err = cli(capsys, *argv[:4], str(tmp_path / "other.jsonl"), *argv[5:])
+    assert status == 2 and "already holds predictions for" in err
+    assert len((work / "predictions.jsonl").read_bytes().splitlines()) == 1000

@@ -205,13 +205,19 @@ class Backfill:
         return True
 
     def _finished_run(self, relative: str) -> dict[str, Any]:
+        """The run.json of a complete earlier run of this input with this model version."""
         where = f"{self.output}/{relative}"
-        print(f"backfill already complete in {where} (use --restart to run it again)")
         if is_s3_url(self.output):
             target = parse_s3_url(f"{where}/run.json")
             with s3_errors(f"reading {target}", self.settings.registry.endpoint_url):
-                return json.loads(self.s3.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
-        return json.loads(Path(where, "run.json").read_text())
+                summary = json.loads(self.s3.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
+        else:
+            summary = json.loads(Path(where, "run.json").read_text())
+        if summary.get("input") != self.input_path:
+            raise CommandError(f"{where} already holds predictions for {summary.get('input')}; choose another "
+                               "--output or use --restart to replace them")
+        print(f"backfill already complete in {where} (use --restart to run it again)")
+        return summary
 
     def _work_dir(self, relative: str) -> Path:
         if not is_s3_url(self.output):
