@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -97,10 +98,14 @@ def test_promotion_mid_stream(noida: NoidaServer, moto_server: MotoServer, check
               enumerate([("before", 300), ("during", 400), ("after", 200), ("refused", 200)])}
     produced = 0
 
-    def feed(name: str) -> None:
+    def feed(name: str, chunks: int = 1) -> None:
+        """Produce a phase's records, in ``chunks`` spread over time (so a swap can land among them)."""
         nonlocal produced
-        produce(noida.bootstrap, topic, record_messages(phases[name]))
-        produced += len(phases[name])
+        records = phases[name]
+        for i in range(chunks):
+            produce(noida.bootstrap, topic, record_messages(records[i::chunks]))
+            time.sleep(0.2 if chunks > 1 else 0)
+        produced += len(records)
 
     with running(settings) as proc:
         proc.model_source.start_reloading()
@@ -108,7 +113,7 @@ def test_promotion_mid_stream(noida: NoidaServer, moto_server: MotoServer, check
             feed("before")
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "the first records in ES")
             registry.promote("demo", "v2", "prod")
-            feed("during")  # the swap happens somewhere in here, between two batches
+            feed("during", chunks=8)  # the swap happens somewhere in here, between two batches
             wait_for(lambda: serving("v2") or proc.model_source.pending_version, 30, "v2 loaded")
             feed("after")
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "every record in ES")

@@ -253,7 +253,8 @@ class ModelRegistry:
                 versions.append(parts[0])
         return sorted(versions, key=lambda v: int(v[1:]))
 
-    def _require_name(self, name: str) -> list[str]:
+    def require_versions(self, name: str) -> list[str]:
+        """The versions of ``name``; :class:`RegistryError` naming the known models if it has none."""
         versions = self.versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
@@ -263,14 +264,14 @@ class ModelRegistry:
     def manifest(self, name: str, version: str) -> Manifest:
         found = self._get_json(self.key(name, version, MANIFEST))
         if found is None:
-            versions = self._require_name(name)
+            versions = self.require_versions(name)
             raise RegistryError(f"unknown version {version!r} of model {name!r} (versions: {', '.join(versions)})")
         return self._parse(Manifest, found[0], f"{name} {version} manifest")
 
     def alias(self, name: str, env: str) -> Alias:
         found = self._get_json(self.key(name, "aliases", f"{env}.json"))
         if found is None:
-            self._require_name(name)
+            self.require_versions(name)
             envs = ", ".join(self.aliases(name)) or "none"
             raise RegistryError(f"model {name!r} has no version in environment {env!r} (environments set: {envs})")
         return self._parse(Alias, found[0], f"{name} alias {env}")

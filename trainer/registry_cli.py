@@ -108,7 +108,7 @@ def _profile(item: str) -> tuple[str, Any]:
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     def gather(registry: ModelRegistry) -> tuple[list[Manifest], dict[str, list[str]]]:
-        manifests = [registry.manifest(args.name, v) for v in registry._require_name(args.name)]
+        manifests = [registry.manifest(args.name, v) for v in registry.require_versions(args.name)]
         envs: dict[str, list[str]] = {}
         for env, alias in sorted(registry.aliases(args.name).items()):
             envs.setdefault(alias.version, []).append(env)
