@@ -82,13 +82,14 @@ class Predictor:
         if not records:
             return []
         coreness, categories = self.predict_proba(records)
-        return [self._result(record.id, core, cats) for record, core, cats in zip(records, coreness, categories,
-                                                                                  strict=True)]
+        return [self.result(record.id, core, cats) for record, core, cats in zip(records, coreness, categories,
+                                                                                 strict=True)]
 
     def count_tokens(self, record: Record) -> int:
         return min(self.model.count_tokens(record.text), self.max_seq_length)
 
-    def _result(self, record_id: str, coreness: np.ndarray, categories: np.ndarray) -> ClassificationResult:
+    def result(self, record_id: str, coreness: np.ndarray, categories: np.ndarray) -> ClassificationResult:
+        """The result for one record from its probabilities (a row of each :meth:`predict_proba` output)."""
         above = np.flatnonzero(categories >= self.thresholds)
         above = above[np.argsort(-categories[above], kind="stable")]
         return ClassificationResult(
@@ -100,3 +101,5 @@ class Predictor:
             categories=[CategoryScore(label=self.category_labels[i], score=float(categories[i])) for i in above],
             model=self.info,
         )
+
+    _result = result  # older name, used by trainer/backfill.py
