@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 STUCK_AFTER_S = 60.0  # /healthz fails when the loop has not turned for this long
 LAG_INTERVAL_S = 2.0
 COMMIT_RETRY_S = 1.0
+PAUSE_AFTER_S = 1.0  # a full backlog waiting longer than this pauses the partitions
 
 
 class PipelineError(RuntimeError):
@@ -91,6 +92,9 @@ class StreamProcessor:
         self._outage = False
         self._crash: BaseException | None = None
         self._abort = threading.Event()
+        self._progress = threading.Event()  # set by the stages when they take or finish a batch
+        self._full_since: float | None = None
+        self._pause_after_s = min(PAUSE_AFTER_S, settings.kafka.max_poll_interval_ms / 1000 / 4)
         self._at_eof: set[TP] = set()
         self._heartbeat = time.monotonic()
         self._commit_retry_at = 0.0
@@ -156,16 +160,25 @@ class StreamProcessor:
             if until_drained and self._drained():
                 log.info("input drained", extra={"consumed": self.stats.consumed})
                 return
-            for message in self._consumer.consume(self.settings.batch.max_batch_records, self._poll_timeout()):
-                self._accept(message)
+            if self._paused or self._backlog_full():
+                if self._paused:
+                    self._consumer.consume(self.settings.batch.max_batch_records, 0)  # serves callbacks only
+                self._progress.wait(0.05)  # until a stage takes or finishes a batch
+                self._progress.clear()
+            else:
+                for message in self._consumer.consume(self.settings.batch.max_batch_records, self._poll_timeout()):
+                    self._accept(message)
             if self.batcher.due():
                 self._close_batch()
             self._update_lag()
 
     def _poll_timeout(self) -> float:
+        """Short while batches wait for the inference queue or a batch is filling, so the loop stays responsive."""
+        if self._ready:
+            return 0.005
         if len(self.batcher):
             return max(0.005, min(0.05, self.batcher.max_wait_s))
-        return 0.1
+        return 0.05 if self._in_flight else 0.1
 
     def _accept(self, message: Message) -> None:
         error = message.error()
@@ -236,9 +249,22 @@ class StreamProcessor:
             self.stats.batches += 1
         IN_FLIGHT_BATCHES.set(self._in_flight + len(self._ready))
 
+    def _backlog_full(self) -> bool:
+        return len(self._ready) >= self.settings.batch.queue_depth
+
     def _apply_backpressure(self) -> None:
-        """Pause every assigned partition while batches wait for room, a sink is down, or we are stopping."""
-        want = bool(self._ready) or self._outage or self._stopping
+        """Pause every assigned partition when a sink is down, when stopping, or when ``queue_depth`` batches have
+        waited for room longer than ``PAUSE_AFTER_S``; resume once nothing waits.
+
+        Shorter waits are bridged by not polling (well within ``max.poll.interval.ms``): resuming a paused
+        partition costs a new fetch from the broker, often far longer than a batch takes."""
+        now = time.monotonic()
+        if not self._backlog_full():
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = now
+        stalled = self._full_since is not None and now - self._full_since >= self._pause_after_s
+        want = self._outage or self._stopping or stalled or (self._paused and bool(self._ready))
         if want == self._paused:
             return
         partitions = [TopicPartition(t, p) for t, p in self.ownership.partitions()]
@@ -350,7 +376,7 @@ class StreamProcessor:
 
     def _start_stages(self) -> None:
         batch = self.settings.batch
-        common = {"abort": self._abort, "on_crash": self._on_crash}
+        common = {"abort": self._abort, "on_crash": self._on_crash, "on_progress": self._progress.set}
         self._inference = InferenceStage(self.model_source, self.ownership, inbox=self._infer_q,
                                          outbox=self._sink_q, **common)
         self._sink_stage = SinkStage(

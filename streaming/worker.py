@@ -86,15 +86,18 @@ class Stage(threading.Thread):
     """A pipeline thread: takes items from ``inbox`` until ``None``, hands results to ``outbox``."""
 
     def __init__(self, name: str, inbox: queue.Queue, outbox: queue.Queue, abort: threading.Event,
-                 on_crash: Callable[[BaseException], None]) -> None:
+                 on_crash: Callable[[BaseException], None], on_progress: Callable[[], None]) -> None:
         super().__init__(name=name, daemon=True)
-        self.inbox, self.outbox, self.abort, self.on_crash = inbox, outbox, abort, on_crash
+        self.inbox, self.outbox, self.abort = inbox, outbox, abort
+        self.on_crash, self.on_progress = on_crash, on_progress
 
     def run(self) -> None:
         try:
             while (batch := self._get()) is not None:
+                self.on_progress()  # room in the inbox
                 self.handle(batch)
                 self.put(self.outbox, batch)
+                self.on_progress()
             self.put(self.outbox, None)
         except StageStopped:
             log.info("pipeline stage stopped before finishing", extra={"stage": self.name})
