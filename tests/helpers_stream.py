@@ -202,15 +202,17 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 
         consumer.close()
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.3):
-    """Poll ``condition()`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_for(condition, timeout: float, what: str, interval: float = 0.3, detail=None):
+    """Poll ``condition()`` until it returns something truthy; fail with ``what`` (and ``detail()``, if given)
+    after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f"; {detail()}" if detail is not None else ""))
         time.sleep(interval)
 
 

@@ -186,19 +186,26 @@ def test_two_processors_split_partitions_and_hand_over_on_stop(noida, es_url: st
     settings = stream_settings(bootstrap, es_url)
     topic, index = settings.kafka.input_topics[0], settings.elasticsearch.index
     records = sample_records(2_000, prefix="pair")
+
+    def state() -> str:
+        owned = [sorted(proc.processor.ownership.partitions()) for proc in (first, second) if proc is not None]
+        return f"owned {owned}, committed {committed_offsets(bootstrap, settings.kafka.group_id, topic)}, ends {ends}"
+
+    second = None
     with running(settings) as first:
+        ends: dict[int, int] = {}
         wait_for(lambda: len(first.processor.ownership.partitions()) == 3, 30, "the first member to own all")
         ends = produce(bootstrap, topic, record_messages(records[:1_000]))
         with running(settings) as second:
             wait_for(lambda: first.processor.ownership.partitions() and second.processor.ownership.partitions(),
-                     60, "both members to own partitions")
+                     60, "both members to own partitions", detail=state)
             split = (first.processor.ownership.partitions(), second.processor.ownership.partitions())
             assert not split[0] & split[1] and len(split[0] | split[1]) == 3
             ends = produce(bootstrap, topic, record_messages(records[1_000:]))
-            wait_for(lambda: es_count(es_url, index) >= 1_500, 60, "progress with two members")
+            wait_for(lambda: es_count(es_url, index) >= 1_500, 60, "progress with two members", detail=state)
             first_stats = first.stop()
-            wait_for(lambda: len(second.processor.ownership.partitions()) == 3, 60, "the hand-over")
-            wait_for(_ends_committed(bootstrap, settings, ends), 90, "all records committed")
+            wait_for(lambda: len(second.processor.ownership.partitions()) == 3, 60, "the hand-over", detail=state)
+            wait_for(_ends_committed(bootstrap, settings, ends), 90, "all records committed", detail=state)
         second_stats = second.stats
     assert first_stats.classified > 0 and second_stats is not None and second_stats.classified > 0
     assert set(es_docs(es_url, index)) == {r["id"] for r in records}
