@@ -13,12 +13,13 @@ sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-l
 (:class:`streaming.worker.InferenceStage`, :class:`streaming.worker.SinkStage`).
 
 Delivery: Faust acks a ``take_events`` batch in the generator's ``finally`` block, i.e. as soon as the agent
-asks for the next batch *or leaves the loop for any reason* (exception, cancellation); its consumer then
-commits acked offsets every ``broker_commit_interval``. So at-least-once holds only because the handler
-never gives a batch back before it is durably written: sink outages are retried inside the handler (the
-agent blocks, Faust keeps heart-beating), a stop waits up to ``batch.shutdown_timeout_s`` for the batch in
-flight, and if the batch still cannot be written (or the handler crashes) the worker exits at once with
-status 75 so that Faust never commits it. See docs/operations.md for the trade-offs against ``corestream run``.
+asks for the next batch *or leaves the loop for any reason* (exception, cancellation, worker stop), and its
+consumer commits acked offsets every ``broker_commit_interval``. So the agent holds one extra reference on each
+message (``Message.incref``) and drops it only after the batch is durably written: until then Faust's ack does
+not make the offset committable. Sink outages are retried inside the handler (the agent blocks, Faust keeps
+heart-beating); a stop waits up to ``batch.shutdown_timeout_s`` for the batch in flight and otherwise leaves it
+uncommitted; a crashed handler exits the worker (status 75) so it restarts from the last commit.
+See docs/operations.md for the trade-offs against ``corestream run``.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from typing import Any
 
 import faust
 
+from config.cli import CommandError
 from config.settings import Settings, load_settings
 from models.records import REASON_INVALID_RECORD, RecordError, parse_record
 from streaming.dead_letter import DeadLetterWriter
 from streaming.health import HealthServer
 from streaming.kafka_clients import make_producer
 from streaming.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED, RECORDS_SKIPPED
-from streaming.model_source import ModelSource
+from streaming.model_source import ModelLoadError, ModelSource
 from streaming.offsets import Ownership
 from streaming.sinks import Sink, build_sinks
 from streaming.worker import Batch, Envelope, InferenceStage, SinkStage
@@ -64,7 +66,8 @@ class BatchHandler:
         self.outage = False
         self.batches = 0
         self._crash: BaseException | None = None
-        common: dict[str, Any] = {"inbox": None, "outbox": None, "abort": self.abort, "on_crash": self._on_crash}
+        common: dict[str, Any] = {"inbox": None, "outbox": None, "abort": self.abort, "on_crash": self._on_crash,
+                                  "on_progress": lambda: None}
         self._inference = InferenceStage(model_source, self.ownership, **common)
         batch = settings.batch
         self._sinks = SinkStage(
@@ -167,8 +170,11 @@ class FaustPipeline:
             self._health.stop()
 
     async def process(self, events: Sequence[Any]) -> None:
-        """One ``take_events`` batch; returns only when it is durably done (else the process exits)."""
+        """One ``take_events`` batch. Each message is held (one extra reference) until the batch is durably
+        written, so Faust's own ack of the batch - which comes whatever happens - cannot make it committable."""
         handler = self.handler or await asyncio.to_thread(self.start)
+        for event in events:
+            event.message.incref()  # our hold; released by event.ack() below once the batch is written
         envelopes = [handler.envelope(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
                                       key=e.message.key, value=e.message.value,
                                       timestamp_s=e.message.timestamp or None) for e in events]
@@ -176,25 +182,35 @@ class FaustPipeline:
         try:
             done = await asyncio.shield(work)
         except asyncio.CancelledError:
-            # The worker is stopping: Faust acks this batch as soon as we return, so finish it first.
             timeout = self.settings.batch.shutdown_timeout_s
             log.info("worker stopping: finishing the batch in flight", extra={"records": len(envelopes)})
             try:
                 done = await asyncio.wait_for(asyncio.shield(work), timeout)
-            except BaseException as exc:  # noqa: BLE001 - timeout, second cancel or crash: never ack it
-                _exit_without_commit(f"batch in flight not written within {timeout}s ({type(exc).__name__})")
-            if not done:
-                _exit_without_commit("batch in flight abandoned")
+            except Exception as exc:  # noqa: BLE001 - timeout or crash: the hold keeps the batch uncommitted
+                handler.abort.set()
+                log.warning("batch in flight not written before stopping: not committed, it will be consumed "
+                            "again", extra={"records": len(envelopes), "error": f"{type(exc).__name__}: {exc}"})
+                raise asyncio.CancelledError from None
+            if done:
+                _release(events)
             raise
         except Exception:
             log.exception("batch handler crashed")
             _exit_without_commit("batch handler crashed")
         if not done:
             _exit_without_commit("batch abandoned")
+        _release(events)
+
+
+def _release(events: Sequence[Any]) -> None:
+    """Drop our hold on each message: after Faust's own ack it becomes committable."""
+    for event in events:
+        event.ack()
 
 
 def _exit_without_commit(why: str) -> None:
-    """Exit before Faust can ack and commit a batch that is not durably written (at-least-once)."""
+    """Crash-stop on a handler failure: restarted, the worker consumes the batch again from the last commit
+    (otherwise Faust would restart the agent and carry on, with the held offsets blocking every later commit)."""
     log.critical("exiting so the batch is not committed; it will be consumed again", extra={"why": why})
     logging.shutdown()
     os._exit(EXIT_BATCH_NOT_WRITTEN)
@@ -213,6 +229,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "topic_replication_factor": kafka.replication_factor,
         "topic_disable_leader": True,  # no "__assignor-__leader" topic: this app has no tables
         "producer_acks": -1,
+        # Do not let Faust wait (without a limit) for the batch in flight on stop: the agent does, up to
+        # batch.shutdown_timeout_s, and exits without committing if it cannot finish (see FaustPipeline.process).
+        "stream_wait_empty": False,
         "store": "memory://",
         "web_enabled": False,  # metrics/healthz/readyz come from streaming.health on metrics.port
         "datadir": str(Path(tempfile.gettempdir()) / f"corestream-faust-{kafka.group_id}"),
@@ -231,7 +250,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(topic, name="classify", concurrency=1)
     async def classify(stream) -> None:
-        await asyncio.to_thread(pipeline.start)
+        try:
+            await asyncio.to_thread(pipeline.start)
+        except Exception as exc:  # noqa: BLE001 - Faust would restart the agent forever: stop the worker
+            log.critical("cannot start the pipeline", extra={"error": f"{type(exc).__name__}: {exc}"})
+            logging.shutdown()
+            os._exit(1)
         async for events in stream.take_events(batch.max_batch_records, within=within):
             await pipeline.process(events)
 
@@ -247,13 +271,18 @@ def run_worker(app: faust.App, settings: Settings) -> int:
     """Run the worker until SIGINT/SIGTERM; logging stays corestream's JSON logging."""
     from faust.worker import Worker
 
+    pipeline: FaustPipeline = app.corestream_pipeline  # type: ignore[attr-defined]
+    try:
+        pipeline.start()  # model, sinks and metrics before joining the group: a bad setting fails fast
+    except (ModelLoadError, OSError, ValueError) as exc:
+        raise CommandError(f"cannot start the Faust worker: {exc}") from None
     worker = Worker(app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        app.corestream_pipeline.stop()  # type: ignore[attr-defined]
+        pipeline.stop()
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from streaming.model_source import ModelSource
 from streaming.sinks import JsonlSink, SinkFailure, SinkUnavailable
 from tests.helpers_stream import (
     committed_offsets,
+    es_docs,
     produce,
     read_topic,
     record_messages,
@@ -30,6 +32,7 @@ from tests.helpers_stream import (
     stream_settings,
     wait_for,
 )
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_MESSAGES = {
@@ -153,3 +156,51 @@ def test_faust_cli_finds_the_app() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "classify" in result.stdout
+
+
+@pytest.mark.timeout(180)
+def test_unwritten_batch_is_never_committed_on_stop(tansu, noida, tmp_path: Path) -> None:
+    """Elasticsearch down, SIGTERM: the worker stops without committing; restarted with ES up, it writes all.
+
+    On Tansu: noida-db's group coordinator never completes a rejoin after a member died without leaving."""
+    dead_es = f"http://127.0.0.1:{free_port()}"
+    settings = stream_settings(tansu.bootstrap, dead_es, sinks={"output_topic_enabled": False},
+                               batch={"shutdown_timeout_s": 2.0}, log_format="json")
+    topic = settings.kafka.input_topics[0]
+    records = sample_records(10, prefix="alo")
+    produce(tansu.bootstrap, topic, record_messages(records))
+    log = tmp_path / "worker.log"
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "streaming.cli", "faust-worker"], cwd=ROOT,
+                                    env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+    worker = start(settings_env(settings))
+    try:
+        wait_for(lambda: "retrying the batch" in log.read_text(), 90, "the sink outage to be retried")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+    assert code == 0 and "not committed, it will be consumed again" in log.read_text(), log.read_text()[-3000:]
+    assert set(committed_offsets(tansu.bootstrap, settings.kafka.group_id, topic).values()) == {-1001}
+
+    time.sleep(settings.kafka.session_timeout_ms / 1000 + 2)  # the killed member's session expires
+    worker = start({**settings_env(settings), "CORESTREAM_ELASTICSEARCH__URL": noida.es_url})
+    try:
+        wait_for(lambda: len(es_docs(noida.es_url, settings.elasticsearch.index)) == len(records), 90,
+                 "every record in Elasticsearch after the restart")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, log.read_text()[-3000:]
+    docs = es_docs(noida.es_url, settings.elasticsearch.index)
+    assert sorted(docs) == sorted(r["id"] for r in records)
+    assert all(doc["classification"]["model"]["version"] == "t1" for doc in docs.values())
+
+
+def test_faust_worker_with_a_missing_model_fails_clearly(tmp_path: Path) -> None:
+    env = {**os.environ, "CORESTREAM_MODEL__MODEL": str(tmp_path / "none"), "CORESTREAM_METRICS__ENABLED": "false"}
+    result = subprocess.run([sys.executable, "-m", "streaming.cli", "faust-worker"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot start the Faust worker: model checkpoint directory not found" in result.stderr
