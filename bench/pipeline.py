@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import logging
+import os
 import sys
 import threading
 import time
@@ -124,7 +125,7 @@ def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thre
     return thread, stop, stats
 
 
-def model_only(settings: Settings, records: Sequence[Record], batch: int, repeats: int = 3) -> float:
+def model_only(settings: Settings, records: Sequence[Record], batch: int, repeats: int = 5) -> float:
     """Best of ``repeats`` passes (the machine may be shared)."""
     predictor = ModelSource(settings).load()
     predictor.predict_batch(records[:batch])  # warm-up
@@ -152,11 +153,12 @@ def stage_report(before: dict[str, tuple[float, float]]) -> str:
     for name, label in STAGES.items():
         total, count = after[name][0] - before[name][0], after[name][1] - before[name][1]
         if count:
-            parts.append(f"{label} {1000 * total / count:.1f} ms/batch")
-    return ", ".join(parts)
+            parts.append(f"{label} {1000 * total / count:.1f} ms")
+    return "mean per batch: " + ", ".join(parts)
 
 
-def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s: float) -> float:
+def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s: float) -> tuple[float, str]:
+    """Records/s between the first and the last acknowledgement, and the mean stage times per batch."""
     before = histogram_means(list(STAGES))
     create_topics(settings)
     produce(settings, records)
@@ -170,8 +172,7 @@ def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s
         raise RuntimeError(f"only {len(probe.acked)}/{len(records)} records acknowledged within {timeout_s}s")
     times = sorted(probe.acked.values())
     first_batch = sum(1 for t in times if t == times[0])
-    print(f"    mean per batch: {stage_report(before)}")
-    return (len(times) - first_batch) / (times[-1] - times[0])
+    return (len(times) - first_batch) / (times[-1] - times[0]), stage_report(before)
 
 
 def latency(settings: Settings, records: Sequence[Record], rate: float, timeout_s: float) -> np.ndarray:
@@ -222,17 +223,20 @@ def main() -> None:
             return bench_settings(base, broker.bootstrap, noida.es_url, args.model, batch)
 
         a = model_only(settings_for(args.batch), records[:args.records], args.batch)
-        print(f"(a) model only:          {a:8.0f} records/s")
-        b = pipeline_throughput(settings_for(args.batch), records[:args.records], args.timeout)
-        print(f"(b) pipeline, batch {args.batch:<4} {b:8.0f} records/s  (Kafka -> model -> ES + topic -> commit)")
-        c = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout)
-        print(f"(c) pipeline, batch 1:    {c:8.0f} records/s  (one record per request)")
+        print(f"(a) model only:          {a:8.0f} records/s  (best of 5 passes)")
+        b, b_stages = pipeline_throughput(settings_for(args.batch), records[:args.records], args.timeout)
+        print(f"(b) pipeline, batch {args.batch:<4} {b:8.0f} records/s  (Kafka -> model -> ES + topic -> commit; "
+              f"{b_stages})")
+        c, c_stages = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout)
+        print(f"(c) pipeline, batch 1:    {c:8.0f} records/s  (one record per request; {c_stages})")
         print(f"b/a pipeline efficiency:  {b / a:8.2f}")
         print(f"b/c micro-batching gain:  {b / c:8.2f}")
         lat = latency(settings_for(args.batch), records[:latency_count + 1], args.rate, args.timeout)
         p50, p99 = np.percentile(lat, [50, 99]) * 1000
         print(f"latency at {args.rate:.0f} records/s for {args.latency_seconds:.0f} s (batch {args.batch}): "
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat.max() * 1000:.0f} ms")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+          "(figures from a shared machine vary between runs)")
     logging.shutdown()
 
 
