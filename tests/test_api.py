@@ -214,3 +214,11 @@ def test_fuzzed_requests_get_no_server_error_and_match_the_spec(checkpoint: Path
                 case.call_and_validate(checks=checks)
 
             call()
+
+
+def test_records_from_skipped_sources_are_refused(checkpoint: Path) -> None:
+    with TestClient(create_app(api_settings(checkpoint, skip_sources=["spam"]))) as skipping:
+        response = skipping.post("/api/v1/predict", json={"records": [FLAT, {**FLAT, "id": "s", "source": "spam"}]})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "records", 1] and detail["type"] == "skipped_source"
