@@ -22,10 +22,10 @@ from trainer.train import category_targets, to_records, train_model
 
 
 def _train_and_test_records(shared_data: Path | None) -> tuple[list[Record], list[Record]]:
-    """Real arXiv data when present (5k train, 1k from the later 2018 file as test), else the generated sample."""
+    """Real arXiv data when present (8k train, 1k from the later 2018 file as test), else the generated sample."""
     proxy = CorenessProxy.load()
     if shared_data is not None:
-        return (load_records(shared_data / "arxiv-train.jsonl.gz", limit=5000, proxy=proxy),
+        return (load_records(shared_data / "arxiv-train.jsonl.gz", limit=8000, proxy=proxy),
                 load_records(shared_data / "arxiv-valid-2018.jsonl.gz", limit=1000, proxy=proxy))
     return (to_records(generate_sample(3000, seed=1), None, 0, proxy),
             to_records(generate_sample(600, seed=2), None, 0, proxy))
