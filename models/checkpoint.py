@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -127,10 +126,3 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
         raise CheckpointError(f"{weights} does not match {path / CONFIG_FILE}: {detail}") from None
     return model.to(device).eval(), config
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_size_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
