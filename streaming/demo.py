@@ -125,6 +125,10 @@ def process_until_drained(settings: Settings, timeout_s: float) -> tuple[Process
     sinks = build_sinks(settings, producer)
     es_url = settings.elasticsearch.url
     print(f"sinks: {', '.join(sink.name for sink in sinks)}" + (f" ({mask(es_url)})" if es_url else ""))
+    unreachable = [sink.name for sink in sinks if not sink.check()]
+    if unreachable:
+        raise CommandError(f"sink(s) not reachable: {', '.join(unreachable)}"
+                           + (f" (Elasticsearch at {mask(es_url)})" if "elasticsearch" in unreachable else ""))
     processor = StreamProcessor(settings, ModelSource(settings), sinks, DeadLetterWriter(producer, settings))
     stop = threading.Event()
     watchdog = threading.Timer(timeout_s, stop.set)

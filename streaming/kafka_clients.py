@@ -87,6 +87,9 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     for name, future in futures.items():
         try:
             future.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from Kafka at {kafka.bootstrap_servers} within {timeout:.0f}s "
+                               f"while creating topic {name}; is the broker running?") from None
         except KafkaException as exc:
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:

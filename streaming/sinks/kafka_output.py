@@ -67,7 +67,7 @@ class OutputTopicSink:
 
     def check(self) -> bool:
         try:
-            metadata = self.producer.list_topics(self.topic, timeout=5)
+            metadata = self.producer.list_topics(self.topic, timeout=min(5.0, self.delivery_timeout_s))
         except KafkaException:
             return False
         topic = metadata.topics.get(self.topic)
