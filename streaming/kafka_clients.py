@@ -35,6 +35,12 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def max_message_bytes(settings: Settings) -> int:
+    """Largest message a producer sends and a created topic accepts: a dead letter keeps up to
+    ``records.max_message_bytes`` of the original value, plus room for its headers."""
+    return max(settings.records.max_message_bytes + 65_536, 1_000_000)
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Producer settings: every write acknowledged by all replicas, no duplicates from internal retries."""
     config = {
@@ -43,7 +49,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # Accepted by both test brokers (Tansu and noida-db) and by Kafka itself.
         "enable.idempotence": True,
         "linger.ms": 5,
-        "message.max.bytes": max(settings.records.max_message_bytes + 65_536, 1_000_000),
+        "message.max.bytes": max_message_bytes(settings),
         **settings.kafka.extra,
     }
     config.update(overrides)
@@ -74,12 +80,13 @@ def topic_names(settings: Settings) -> list[str]:
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the processor's topics with partitions from settings; topics that already exist are fine.
+    """Create the processor's topics with partitions from settings; topics that already exist are left as they are.
 
     Returns the names of the topics that were newly created.
     """
     kafka = settings.kafka
-    new = [NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor)
+    config = {"max.message.bytes": str(max_message_bytes(settings))}  # Kafka's default is about 1 MB
+    new = [NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor, config=config)
            for name in topic_names(settings)]
     admin = make_admin(settings)  # keep a reference: the futures fail if the client is destroyed
     futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)

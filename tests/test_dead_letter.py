@@ -27,6 +27,7 @@ BAD_MESSAGES: list[bytes | None] = [
     b'{"id": "x1", "title": "unterminated',
     b'{"id": "x2", "title": 42, "abstract": "wrong type"}',
     b'{"id": "x3", "title": "t", "abstract": "' + b"a" * 3_000 + b'"}',
+    b'{"id": "x4", "title": "t", "abstract": "' + b"b" * 1_500_000 + b'"}',  # above Kafka's 1 MB default
 ]
 
 
@@ -45,7 +46,7 @@ def test_every_reason_arrives_with_original_bytes_and_headers(kafka_bootstrap: s
         sent[str(offset)] = (value, caught.value.reason)
     writer.flush(15)
     assert sorted(reason for _, reason in sent.values()) == sorted(
-        [REASON_EMPTY, REASON_NOT_UTF8, REASON_INVALID_JSON, REASON_INVALID_RECORD, REASON_OVERSIZE])
+        [REASON_EMPTY, REASON_NOT_UTF8, REASON_INVALID_JSON, REASON_INVALID_RECORD, REASON_OVERSIZE, REASON_OVERSIZE])
 
     consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{topic}",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
