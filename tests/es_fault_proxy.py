@@ -37,6 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         proxy = self.server.proxy
+        proxy.last_headers = {key.lower(): value for key, value in self.headers.items()}
         fault = proxy._take_fault(self.command, self.path)
         if fault is not None:
             payload = json.dumps({"error": {"type": "injected_fault", "reason": f"fault proxy returned {fault}"},
@@ -91,6 +92,7 @@ class EsFaultProxy:
         self.upstream_port = parts.port or 9200
         self.port = port
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answered request
+        self.last_headers: dict[str, str] = {}  # headers of the latest request, names in lower case
         self._lock = threading.Lock()
         self._fail_next = 0
         self._fail_next_status = 429

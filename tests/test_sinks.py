@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -114,6 +116,23 @@ def test_es_sink_unavailable_after_retries_then_recovers(proxy: EsFaultProxy, es
     es = Elasticsearch(es_url)
     es.indices.refresh(index=index)
     assert es.count(index=index)["count"] == 3
+
+
+def test_es_client_sends_credentials_and_never_logs_them(proxy: EsFaultProxy, index: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    basic = ElasticsearchSink(es_settings(proxy.url, index, username="writer", password="s3cret-pw", max_retries=1))
+    assert basic.check()
+    assert proxy.last_headers["authorization"] == "Basic " + base64.b64encode(b"writer:s3cret-pw").decode()
+    keyed = ElasticsearchSink(es_settings(proxy.url, index, api_key="a2V5LWlkOmtleS1zZWNyZXQ=", max_retries=1))
+    assert keyed.check()
+    assert proxy.last_headers["authorization"] == "ApiKey a2V5LWlkOmtleS1zZWNyZXQ="
+
+    caplog.set_level(logging.DEBUG)
+    proxy.fail_all(503)
+    with pytest.raises(SinkUnavailable) as caught:
+        basic.write([make_result("secret-test")])
+    logged = caplog.text + str(caught.value) + repr(es_settings(proxy.url, index, password="s3cret-pw"))
+    assert "s3cret-pw" not in logged and "a2V5LWlkOmtleS1zZWNyZXQ=" not in logged
 
 
 def test_es_sink_returns_per_item_failures(es_url: str, index: str) -> None:
