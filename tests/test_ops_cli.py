@@ -121,3 +121,20 @@ def test_classify_prints_result_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cannot load model" in capsys.readouterr().err
     assert main(["classify", "", "", "--model", str(checkpoint)]) == 2
     assert "missing title and abstract" in capsys.readouterr().err
+
+
+def test_client_configs_come_from_settings() -> None:
+    from streaming.kafka_clients import consumer_config, producer_config
+
+    settings = load_settings(kafka={"bootstrap_servers": "k:9092", "group_id": "g1", "session_timeout_ms": 7000,
+                                    "max_poll_interval_ms": 60_000, "extra": {"security.protocol": "SSL"}})
+    consumer = consumer_config(settings, **{"enable.partition.eof": True})
+    assert {k: consumer[k] for k in ("bootstrap.servers", "group.id", "session.timeout.ms", "max.poll.interval.ms",
+                                     "partition.assignment.strategy", "auto.offset.reset", "enable.auto.commit",
+                                     "enable.auto.offset.store", "security.protocol", "enable.partition.eof")} == {
+        "bootstrap.servers": "k:9092", "group.id": "g1", "session.timeout.ms": 7000, "max.poll.interval.ms": 60_000,
+        "partition.assignment.strategy": "range", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "security.protocol": "SSL", "enable.partition.eof": True}
+    producer = producer_config(settings)
+    assert (producer["acks"], producer["enable.idempotence"], producer["security.protocol"]) == ("all", True, "SSL")
+    assert producer["message.max.bytes"] > settings.records.max_message_bytes
