@@ -94,12 +94,26 @@ def build_model(arch: str, num_categories: int, base_model: str | Path | None, m
     return cls(num_categories, **params)
 
 
+def init_head_biases(model: torch.nn.Module, coreness: torch.Tensor, categories: torch.Tensor) -> None:
+    """Start the heads at the training priors (log class frequencies), so that the first steps are not spent
+    learning that most categories are absent and the encoder is not shaken by huge initial losses."""
+    with torch.no_grad():
+        core_prior = torch.bincount(coreness, minlength=3).float().add(1).div(len(coreness) + 3)
+        model.coreness_head.bias.copy_(core_prior.log())
+        cat_prior = categories.float().mean(0).clamp(1e-4, 1 - 1e-4)
+        model.category_head.bias.copy_(torch.log(cat_prior / (1 - cat_prior)))
+
+
+def is_sparse(model: torch.nn.Module, param: torch.nn.Parameter) -> bool:
+    return any(isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse and param is m.weight
+               for m in model.modules())
+
+
 def make_optimizers(model: torch.nn.Module, learning_rate: float, weight_decay: float,
                     head_lr_factor: float = 1.0) -> list[torch.optim.Optimizer]:
     """AdamW for dense parameters (the heads at ``head_lr_factor`` x the rate, so that fresh heads on a pretrained
     encoder learn quickly), SparseAdam for sparse embeddings (the bag's hashed n-gram table)."""
-    sparse = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse
-              for p in m.parameters()}
+    sparse = {id(p) for p in model.parameters() if is_sparse(model, p)}
     heads, body = [], []
     for name, param in model.named_parameters():
         if id(param) not in sparse and param.requires_grad:
@@ -196,11 +210,13 @@ def train_model(
             raise TrainingError(f"no category occurs {min_category_count} times in {len(train_records)} training "
                                 "records: lower --min-category-count or add data")
         model = build_model(arch, len(labels), base_model, max_seq_length, arch_params)
-    model.to(device)
-
     texts = [r.text for r in train_records]
     y_core = torch.from_numpy(coreness_targets(train_records))
     y_cats = torch.from_numpy(category_targets(train_records, labels))
+    if not resumed:
+        init_head_biases(model, y_core, y_cats)
+    model.to(device)
+    dense_params = [p for p in model.parameters() if p.requires_grad and not is_sparse(model, p)]
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
     optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch == "bag" else 0.01,
@@ -228,6 +244,7 @@ def train_model(
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(dense_params, 5.0)
                 for opt, sched in zip(optimizers, schedulers, strict=True):
                     opt.step()
                     sched.step()
