@@ -115,3 +115,17 @@ def test_minilm_loads_offline_trains_a_few_steps_and_predicts(tmp_path: Path, mo
     results = predictor.predict_batch(records)
     assert [r.id for r in results] == [r.id for r in records]
     assert predictor.config["encoder_config"]["hidden_size"] == 384
+
+
+def test_odd_texts_still_get_a_prediction(tmp_path: Path) -> None:
+    checkpoint = train_model(generate_sample(200, seed=9), output_dir=tmp_path / "bag", epochs=1, num_buckets=2**12,
+                             progress=False)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=2)
+    records = [Record(id="punct", title="!!! ???", abstract=""),
+               Record(id="unicode", title="量子 ε → ∞", abstract="Émergence de la matière noire"),
+               Record(id="long", title="Long", abstract="gauge " * 20_000),
+               Record(id="word", title="", abstract="holography")]
+    results = predictor.predict_batch(records)
+    assert [r.id for r in results] == ["punct", "unicode", "long", "word"]
+    assert predictor.count_tokens(records[2]) == predictor.model.max_seq_length
+    assert predictor.predict_batch([]) == []
