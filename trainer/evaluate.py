@@ -188,11 +188,12 @@ def _evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint on labelled data",
                               description="Score a checkpoint; write report.json, report.md and PNG plots.")
-    p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--data", required=True, help="labelled JSON lines (.gz ok): flat, INSPIRE or arXiv records")
-    p.add_argument("--output-dir", help="report directory (default: reports/NAME-VERSION)")
-    p.add_argument("--sample-count", type=int, help="evaluate at most this many records")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--model", metavar="DIR", required=True, help="checkpoint directory")
+    p.add_argument("--data", metavar="FILE", required=True,
+                   help="labelled JSON lines (.gz ok): flat, INSPIRE or arXiv records")
+    p.add_argument("--output-dir", metavar="DIR", help="report directory (default: reports/NAME-VERSION)")
+    p.add_argument("--sample-count", metavar="N", type=int, help="evaluate at most this many records")
+    p.add_argument("--batch-size", metavar="N", type=int, default=64)
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate_command)

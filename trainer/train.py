@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.checkpoint import CONFIG_FILE, CheckpointError, architecture, load_checkpoint, save_checkpoint
+from models.checkpoint import CONFIG_FILE, architecture, load_checkpoint, save_checkpoint
 from models.device import autocast, resolve_device
 from models.labels import CorenessProxy
 from models.losses import classification_loss
@@ -299,7 +299,7 @@ def _train_command(args: argparse.Namespace, settings: Settings) -> int:
             focal_gamma=args.focal_gamma, max_seq_length=args.max_seq_length, device=args.device, name=args.name,
             version=args.version,
         )
-    except (TrainingError, DataError, CheckpointError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # TrainingError, DataError, CheckpointError, bad device
         raise CommandError(str(exc)) from None
     config = json.loads((path / CONFIG_FILE).read_text())
     print(f"saved {config['arch']} model {config['name']}@{config['version']} to {path}")
@@ -311,24 +311,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a bag or transformer model and save a checkpoint",
                               description="Train a model; resumes from the checkpoint in --output-dir unless "
                                           "--from-scratch. Without --data, trains on a generated sample.")
-    p.add_argument("--data", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
+    p.add_argument("--data", metavar="FILE", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
                                   "(default: a generated sample of --sample-count records)")
     p.add_argument("--arch", choices=list(DEFAULTS), default="bag")
-    p.add_argument("--base-model", help="local Hugging Face encoder directory (arch transformer)")
-    p.add_argument("--output-dir", default="artifacts/model", help="checkpoint directory (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="bag: 5, transformer: 2")
-    p.add_argument("--batch-size", type=int, help="bag: 64, transformer: 16")
-    p.add_argument("--learning-rate", type=float, help="bag: 5e-2, transformer: 5e-5")
-    p.add_argument("--sample-count", type=int, help="use at most this many records")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="validation share (default: %(default)s)")
-    p.add_argument("--min-category-count", type=int, default=5,
+    p.add_argument("--base-model", metavar="DIR", help="local Hugging Face encoder directory (arch transformer)")
+    p.add_argument("--output-dir", metavar="DIR", default="artifacts/model",
+                   help="checkpoint directory (default: %(default)s)")
+    p.add_argument("--epochs", metavar="N", type=int, help="bag: 5, transformer: 2")
+    p.add_argument("--batch-size", metavar="N", type=int, help="bag: 64, transformer: 16")
+    p.add_argument("--learning-rate", metavar="LR", type=float, help="bag: 5e-2, transformer: 5e-5")
+    p.add_argument("--sample-count", metavar="N", type=int, help="use at most this many records")
+    p.add_argument("--valid-fraction", metavar="F", type=float, default=0.1,
+                   help="validation share (default: %(default)s)")
+    p.add_argument("--min-category-count", metavar="N", type=int, default=5,
                    help="keep categories seen at least this often in training data (default: %(default)s)")
-    p.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma; 0 = plain CE + BCE")
-    p.add_argument("--max-seq-length", type=int, help="tokens (transformer) or words (bag) per record")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--name", help="model name (default: corestream-ARCH)")
-    p.add_argument("--version", help="model version (default: a UTC timestamp)")
+    p.add_argument("--focal-gamma", metavar="G", type=float, default=0.0, help="focal loss gamma; 0 = plain CE + BCE")
+    p.add_argument("--max-seq-length", metavar="N", type=int, help="tokens (transformer) or words (bag) per record")
+    p.add_argument("--seed", metavar="N", type=int, default=0)
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--name", metavar="NAME", help="model name (default: corestream-ARCH)")
+    p.add_argument("--version", metavar="VERSION", help="model version (default: a UTC timestamp)")
     p.add_argument("--from-scratch", action="store_true", help="ignore an existing checkpoint in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_command)
