@@ -129,3 +129,19 @@ def test_odd_texts_still_get_a_prediction(tmp_path: Path) -> None:
     assert [r.id for r in results] == ["punct", "unicode", "long", "word"]
     assert predictor.count_tokens(records[2]) == predictor.model.max_seq_length
     assert predictor.predict_batch([]) == []
+
+
+def test_device_and_precision_choice() -> None:
+    import torch
+
+    from models.device import autocast_dtype, resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else
+                                      "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    assert autocast_dtype("cpu", "auto") is None  # CPU inference stays fp32
+    assert autocast_dtype("cuda", "fp32") is None
+    assert autocast_dtype("cuda", "fp16") is torch.float16
+    assert autocast_dtype("mps", "auto") is torch.float16
