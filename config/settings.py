@@ -165,6 +165,16 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+class _ResolvedSettings(Settings):
+    """Settings whose sources were already read: validates the given values only, so overrides win."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **other_sources: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
 
@@ -202,8 +212,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     try:
         settings = Settings(**data)
         if overrides:
-            merged = _deep_merge(settings.model_dump(), overrides)
-            settings = Settings.model_validate(merged)
+            settings = _ResolvedSettings(**_deep_merge(settings.model_dump(), overrides))
     except ValidationError as exc:
         raise SettingsError(format_validation_error(exc, source)) from None
     except EnvParseError as exc:  # a list or mapping variable that is not JSON

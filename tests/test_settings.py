@@ -168,3 +168,12 @@ def test_cli_reports_settings_errors_without_traceback(tmp_path: Path, capsys: p
     assert run_cli(parser, ["stats", "x.jsonl"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("corestream-train: error: ") and "Traceback" not in err
+
+
+def test_overrides_beat_the_environment(monkeypatch) -> None:
+    """A CLI flag (passed as an override) wins over the same setting in the environment."""
+    monkeypatch.setenv("CORESTREAM_LOG_LEVEL", "warning")
+    monkeypatch.setenv("CORESTREAM_KAFKA__GROUP_ID", "from-env")
+    settings = load_settings(log_level="DEBUG")
+    assert settings.log_level == "DEBUG"
+    assert settings.kafka.group_id == "from-env"  # untouched settings keep their environment value
