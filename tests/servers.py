@@ -155,10 +155,12 @@ class NoidaServer(_Process):
         return f"http://127.0.0.1:{self.es_port}"
 
     def command(self) -> list[str]:
-        return [
-            noida_binary(), "start", "--data-dir", str(self.data_dir), "--only", self.services,
-            "--kafka-port", str(self.kafka_port), "--elasticsearch-port", str(self.es_port),
-        ]
+        command = [noida_binary(), "start", "--data-dir", str(self.data_dir), "--only", self.services]
+        if "kafka" in self.services:
+            command += ["--kafka-port", str(self.kafka_port)]
+        if "elasticsearch" in self.services:
+            command += ["--elasticsearch-port", str(self.es_port)]
+        return command
 
     def wait_ready(self) -> None:
         if "elasticsearch" in self.services:
