@@ -94,6 +94,7 @@ class StreamProcessor:
         self._abort = threading.Event()
         self._progress = threading.Event()  # set by the stages when they take or finish a batch
         self._full_since: float | None = None
+        self._pause_new = False  # newly (incrementally) assigned partitions must be paused like the others
         self._pause_after_s = min(PAUSE_AFTER_S, settings.kafka.max_poll_interval_ms / 1000 / 4)
         self._at_eof: set[TP] = set()
         self._heartbeat = time.monotonic()
@@ -265,15 +266,20 @@ class StreamProcessor:
             self._full_since = now
         stalled = self._full_since is not None and now - self._full_since >= self._pause_after_s
         want = self._outage or self._stopping or stalled or (self._paused and bool(self._ready))
-        if want == self._paused:
+        if want == self._paused and not self._pause_new:
             return
+        self._pause_new = False
         partitions = [TopicPartition(t, p) for t, p in self.ownership.partitions()]
         if partitions:
             (self._consumer.pause if want else self._consumer.resume)(partitions)
-        self._paused = want
-        PAUSED.set(int(want))
-        log.info("consumption paused" if want else "consumption resumed",
-                 extra={"waiting_batches": len(self._ready), "sink_outage": self._outage})
+        if want != self._paused:
+            log.info("consumption paused" if want else "consumption resumed",
+                     extra={"waiting_batches": len(self._ready), "sink_outage": self._outage})
+        self._set_paused(want)
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        PAUSED.set(int(paused))
 
     def _commit_completed(self) -> None:
         while True:
@@ -336,10 +342,14 @@ class StreamProcessor:
         self._at_eof.difference_update(tps)
         if "cooperative" in self.settings.kafka.partition_assignment_strategy:
             consumer.incremental_assign(partitions)
+            self._pause_new = self._paused  # the loop pauses them too, outside the callback
         else:
             consumer.assign(partitions)
-        if self._paused and partitions:
-            consumer.pause(partitions)
+            # librdkafka keeps a partition's pause flag across an unassign/assign, so a partition paused before
+            # the rebalance would stay paused for good: start the new assignment unpaused; the loop pauses
+            # again if still needed.
+            consumer.resume(partitions)
+            self._set_paused(False)
         log.info("partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in tps]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

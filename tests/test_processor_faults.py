@@ -126,6 +126,15 @@ def test_sigkill_mid_stream_three_times_loses_nothing(tansu, es_url: str, tmp_pa
     assert {m.key.decode() for m in read_topic(bootstrap, settings.kafka.output_topic)} == {r["id"] for r in records}
 
 
+def _describe(bootstrap: str, settings, ends: dict[int, int], *procs) -> str:
+    """What the members and the group look like (for timeout messages)."""
+    members = [{"owned": sorted(p.processor.ownership.partitions()), "paused": p.processor._paused,
+                "in_flight": p.processor._in_flight, "ready": len(p.processor._ready),
+                "stats": p.processor.stats} for p in procs]
+    committed = committed_offsets(bootstrap, settings.kafka.group_id, settings.kafka.input_topics[0])
+    return f"members {members}; committed {committed}; ends {ends}"
+
+
 def _http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -136,7 +145,7 @@ def _http_status(url: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_elasticsearch_outage_pauses_without_commits_then_recovers(noida, es_url: str) -> None:
+def test_elasticsearch_outage_pauses_without_commits_abandons_on_revoke_then_recovers(noida, es_url: str) -> None:
     bootstrap = noida.bootstrap
     with EsFaultProxy(es_url) as proxy:
         # A 10 s poll interval: the 30 s stall must not cost the group membership (no rebalance).
@@ -168,14 +177,25 @@ def test_elasticsearch_outage_pauses_without_commits_then_recovers(noida, es_url
             assert es_count(es_url, index) == len(first)
             assert {tp: proc.processor.ownership.epoch(tp) for tp in epochs} == epochs  # still the same assignment
 
-            proxy.heal()
-            wait_for(_ends_committed(bootstrap, settings, ends), 90, "all records committed after the outage")
-            assert _http_status(base + "/readyz") == 200
-            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-                metrics = response.read().decode()
-            assert "corestream_records_classified_total" in metrics and "corestream_consumer_lag" in metrics
+            # Still down: a second member joins; the first cannot finish its in-flight batches within
+            # revoke_wait_s, so it abandons them uncommitted.
+            with running(settings) as other:
+                wait_for(lambda: proc.processor.ownership.partitions() and other.processor.ownership.partitions(),
+                         60, "the rebalance during the outage")
+                wait_for(lambda: proc.processor.stats.abandoned_batches > 0, 30, "the revoked batches abandoned")
+                assert committed_offsets(bootstrap, settings.kafka.group_id, topic) == before
+
+                proxy.heal()
+                wait_for(_ends_committed(bootstrap, settings, ends), 90, "all records committed after the outage",
+                         detail=lambda: _describe(bootstrap, settings, ends, proc, other))
+                assert _http_status(base + "/readyz") == 200
+                with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                    metrics = response.read().decode()
+                assert "corestream_records_classified_total" in metrics and "corestream_consumer_lag" in metrics
+            other_stats = other.stats
         stats = proc.stats
-    assert stats is not None and stats.dead_lettered == 0
+    assert stats is not None and other_stats is not None
+    assert stats.dead_lettered == 0 and other_stats.dead_lettered == 0
     assert set(es_docs(es_url, index)) == {r["id"] for r in first + second}
 
 
