@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from streaming.health import HealthServer
+from streaming.offsets import CommitPositions, Ownership
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
     committed_offsets,
@@ -28,6 +29,24 @@ from tests.helpers_stream import (
     subprocess_env,
     wait_for,
 )
+
+
+def test_positions_of_revoked_or_reassigned_partitions_are_never_committed() -> None:
+    ownership = Ownership()
+    ownership.assign([("in", 0), ("in", 1)])
+    positions = CommitPositions(ownership)
+    old0, old1 = ownership.epoch(("in", 0)), ownership.epoch(("in", 1))
+    positions.add({("in", 0): (10, old0), ("in", 1): (5, old1)})
+    positions.add({("in", 0): (7, old0)})  # never backwards
+    assert positions.to_commit() == {("in", 0): 10, ("in", 1): 5}
+    ownership.revoke([("in", 0)])
+    ownership.assign([("in", 0)])  # re-assigned: a new epoch
+    assert positions.to_commit() == {("in", 1): 5}  # the old epoch's position is stale
+    positions.add({("in", 0): (20, old0)})  # a batch that outlived the revoke
+    assert positions.to_commit() == {("in", 1): 5}
+    positions.add({("in", 0): (12, ownership.epoch(("in", 0)))})
+    positions.mark_committed({("in", 0): 12, ("in", 1): 5})
+    assert positions.to_commit() == {} and positions.committed == {("in", 0): 12, ("in", 1): 5}
 
 
 def _ends_committed(bootstrap: str, settings, ends: dict[int, int]):
