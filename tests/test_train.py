@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def data_file(tmp_path: Path) -> Path:
     path = write_sample(tmp_path / "sample.jsonl", 300, seed=11)
     with path.open("a") as out:
         out.write("{not json\n")
+    with path.open("ab") as out:
+        out.write(b'{"id": "latin1", "title": "Caf\xe9", "abstract": "x", "categories": ["hep-th"]}\n')
+    with path.open("a") as out:
         out.write(json.dumps({"id": "x1", "title": 42}) + "\n")
         out.write(json.dumps({"id": "x2", "title": "No labels at all", "abstract": "Nothing to learn."}) + "\n")
         out.write("\n")
@@ -37,7 +41,7 @@ def test_train_cli_writes_a_checkpoint_and_prints_metrics(data_file: Path, tmp_p
     assert '"coreness_accuracy"' in printed
     config = read_checkpoint_config(out)
     assert config["version"] == "v1"
-    # 300 sample records + the INSPIRE record with a real label; 3 bad lines are skipped (and logged).
+    # 300 sample records + the INSPIRE record with a real label; 4 bad lines are skipped (and logged).
     assert config["training"]["train_records"] + config["training"]["valid_records"] == 301
     assert config["training"]["epochs_total"] == 1
 
@@ -93,6 +97,13 @@ def test_unusable_data_file_is_an_error_naming_the_reasons(tmp_path: Path, capsy
     assert main(["train", "--data", str(bad), "--output-dir", str(tmp_path / "m"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no usable records" in err and "invalid_json" in err and "unlabelled" in err
+
+
+def test_truncated_gzip_is_a_clear_error(data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gz = tmp_path / "data.jsonl.gz"
+    gz.write_bytes(gzip.compress(data_file.read_bytes())[:2000])
+    assert main(["train", "--data", str(gz), "--output-dir", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "is truncated or not valid gzip" in capsys.readouterr().err
 
 
 def test_resume_refuses_another_arch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

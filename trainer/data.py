@@ -12,10 +12,12 @@ import hashlib
 import json
 import logging
 import random
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from models.labels import CorenessProxy
 from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, parse_record
@@ -51,8 +53,9 @@ class LoadReport:
         return text
 
 
-def open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def open_lines(path: Path) -> IO[bytes]:
+    """Binary lines (so that a line that is not UTF-8 is reported by ``parse_record``, not fatal)."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
 def label_record(record: Record, proxy: CorenessProxy) -> Record:
@@ -66,20 +69,24 @@ def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy |
                  max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Iterator[Record]:
     """Labelled records of the JSON-lines file at ``path``; bad lines are recorded in ``report``."""
     proxy = proxy or CorenessProxy.load()
-    with open_text(Path(path)) as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            report.read += 1
-            try:
-                record = parse_record(line, max_text_chars=max_text_chars)
-            except RecordError as exc:
-                report.skip(line_no, exc.reason, str(exc))
-                continue
-            if not record.categories and record.coreness is None:
-                report.skip(line_no, REASON_UNLABELLED, f"record {record.id} has neither categories nor coreness")
-                continue
-            yield label_record(record, proxy)
+    line_no = 0
+    try:
+        with open_lines(Path(path)) as lines:
+            for line_no, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                report.read += 1
+                try:
+                    record = parse_record(line, max_text_chars=max_text_chars)
+                except RecordError as exc:
+                    report.skip(line_no, exc.reason, str(exc))
+                    continue
+                if not record.categories and record.coreness is None:
+                    report.skip(line_no, REASON_UNLABELLED, f"record {record.id} has neither categories nor coreness")
+                    continue
+                yield label_record(record, proxy)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is truncated or not valid gzip (after line {line_no}): {exc}") from None
 
 
 def load_records(path: str | Path, *, limit: int | None = None, proxy: CorenessProxy | None = None,
