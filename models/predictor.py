@@ -102,4 +102,3 @@ class Predictor:
             model=self.info,
         )
 
-    _result = result  # older name, used by trainer/backfill.py

@@ -159,7 +159,7 @@ class Backfill:
             coreness, categories = predictor.predict_proba(batch)
             lines = []
             for record, core, cats in zip(batch, coreness, categories, strict=True):
-                result = predictor._result(record.id, core, cats).model_dump(mode="json")
+                result = predictor.result(record.id, core, cats).model_dump(mode="json")
                 result["category_scores"] = {label: round(float(score), 6)
                                              for label, score in zip(predictor.category_labels, cats, strict=True)}
                 lines.append(json.dumps(result, separators=(",", ":")))
