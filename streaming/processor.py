@@ -163,15 +163,20 @@ class StreamProcessor:
                 return
             if self._paused or self._backlog_full():
                 if self._paused:
-                    self._consumer.consume(self.settings.batch.max_batch_records, 0)  # serves callbacks only
+                    self._poll(0)  # keeps the membership and serves callbacks
                 self._progress.wait(0.05)  # until a stage takes or finishes a batch
                 self._progress.clear()
             else:
-                for message in self._consumer.consume(self.settings.batch.max_batch_records, self._poll_timeout()):
-                    self._accept(message)
+                self._poll(self._poll_timeout())
             if self.batcher.due():
                 self._close_batch()
             self._update_lag()
+
+    def _poll(self, timeout: float) -> None:
+        """Consume and accept messages: every message returned is processed, never skipped (even one fetched
+        just before a pause took effect), or a later commit would cover it."""
+        for message in self._consumer.consume(self.settings.batch.max_batch_records, timeout):
+            self._accept(message)
 
     def _poll_timeout(self) -> float:
         """Short while batches wait for the inference queue or a batch is filling, so the loop stays responsive."""
@@ -419,7 +424,9 @@ class StreamProcessor:
             self._heartbeat = time.monotonic()
             self._commit_completed()
             self._dispatch_ready()
-            self._consumer.consume(1, 0.05)  # keeps group membership; paused, and anything returned is ignored
+            # Keeps the membership; paused. A message still returned is not processed and, as every batch
+            # in flight precedes it, no commit covers it: it is read again after the restart.
+            self._consumer.consume(1, 0.05)
         self._commit_completed()
 
     def _close(self) -> None:
