@@ -6,7 +6,8 @@
 Texts are real arXiv titles+abstracts from ../shared/data when present, else the generated sample. Weights
 are freshly initialised (throughput does not depend on them, except through the number of categories above
 threshold: the category bias starts at -4 so that few are, as with a trained model); each model goes through
-a saved checkpoint and ``Predictor.from_checkpoint`` like in production. Prints a table and the batch-128 / batch-1 ratio.
+a saved checkpoint and ``Predictor.from_checkpoint`` like in production. Prints a table and the
+batch-128 / batch-1 ratio.
 """
 
 from __future__ import annotations
