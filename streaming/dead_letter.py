@@ -8,6 +8,7 @@ import threading
 from confluent_kafka import KafkaError, Message, Producer
 
 from config.settings import Settings
+from streaming.kafka_clients import produce
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,7 @@ class DeadLetterWriter:
         dlq_topic = self.kafka.dlq_topic(topic)
         with self._lock:
             self._pending += 1
-        while True:
-            try:
-                self.producer.produce(dlq_topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
-                break
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.1)
+        produce(self.producer, dlq_topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
         fields = {"reason": reason, "source_topic": topic, "source_partition": partition, "source_offset": offset}
         log.warning("dead-lettered %s[%d]@%d (%s): %s", topic, partition, offset, reason, error[:200], extra=fields)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -106,3 +107,20 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         log.info("created topic", extra={"topic": name, "partitions": kafka.partitions})
         created.append(name)
     return created
+
+
+def produce(producer: Producer, topic: str, *, value: bytes | None, key: bytes | str | None = None,
+            headers: dict[str, str] | None = None, on_delivery: Any = None, deadline: float | None = None) -> None:
+    """``producer.produce``, serving delivery reports while the local queue is full.
+
+    Raises ``BufferError`` if the queue is still full at ``deadline`` (a ``time.monotonic()`` value; None waits).
+    """
+    extra: dict[str, Any] = {"headers": headers} if headers else {}
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
+            return
+        except BufferError:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            producer.poll(0.1)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from config.cli import CommandError
 from config.settings import Settings
 from models.records import RecordError, parse_record
-from streaming.kafka_clients import create_topics, make_producer, topic_names
+from streaming.kafka_clients import create_topics, make_producer, produce, topic_names
 
 # --------------------------------------------------------------------------- reading record files
 
@@ -106,14 +106,10 @@ def produce_file(settings: Settings, path: str | Path, topic: str | None = None,
         for key, value in iter_messages(path):
             if limit is not None and sent >= limit:
                 break
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-                except KafkaException as exc:
-                    raise CommandError(f"cannot produce to {topic}: {exc}") from None
+            try:
+                produce(producer, topic, value=value, key=key, on_delivery=on_delivery)
+            except KafkaException as exc:
+                raise CommandError(f"cannot produce to {topic}: {exc}") from None
             producer.poll(0)
             sent += 1
             bar.update()

@@ -22,6 +22,7 @@ from elasticsearch import Elasticsearch, NotFoundError, helpers
 from config.settings import Settings, load_settings
 from streaming.dead_letter import DeadLetterWriter
 from streaming.kafka_clients import create_topics, make_producer
+from streaming.kafka_clients import produce as kafka_produce
 from streaming.model_source import ModelSource
 from streaming.processor import ProcessorStats, StreamProcessor
 from streaming.sinks import build_sinks
@@ -106,12 +107,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
     for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        kafka_produce(producer, topic, key=key, value=value, on_delivery=delivered)
         producer.poll(0)
     assert producer.flush(30) == 0, "messages still queued after 30 s"
     assert not errors, f"delivery failed: {errors[:3]}"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.records import ClassificationResult
+from streaming.kafka_clients import produce
 from streaming.metrics import SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkUnavailable
 
@@ -49,21 +50,15 @@ class OutputTopicSink:
 
     def _produce(self, result: ClassificationResult, on_delivery, deadline: float) -> None:
         headers = {"model_name": result.model.name, "model_version": result.model.version}
-        while True:
-            try:
-                self.producer.produce(
-                    self.topic, value=result.model_dump_json().encode("utf-8"), key=result.id.encode("utf-8"),
-                    headers=headers, on_delivery=on_delivery,
-                )
-                return
-            except BufferError:  # local queue full: serve delivery reports, then try again
-                if time.monotonic() > deadline:
-                    SINK_ERRORS.labels(sink=self.name, kind="queue_full").inc()
-                    raise SinkUnavailable(f"output topic {self.topic}: producer queue stayed full") from None
-                self.producer.poll(0.1)
-            except KafkaException as exc:
-                SINK_ERRORS.labels(sink=self.name, kind="produce").inc()
-                raise SinkUnavailable(f"output topic {self.topic}: {exc}") from exc
+        try:
+            produce(self.producer, self.topic, value=result.model_dump_json().encode("utf-8"),
+                    key=result.id.encode("utf-8"), headers=headers, on_delivery=on_delivery, deadline=deadline)
+        except BufferError:
+            SINK_ERRORS.labels(sink=self.name, kind="queue_full").inc()
+            raise SinkUnavailable(f"output topic {self.topic}: producer queue stayed full") from None
+        except KafkaException as exc:
+            SINK_ERRORS.labels(sink=self.name, kind="produce").inc()
+            raise SinkUnavailable(f"output topic {self.topic}: {exc}") from exc
 
     def check(self) -> bool:
         try:
