@@ -38,15 +38,14 @@ import faust
 
 from config.cli import CommandError
 from config.settings import Settings, load_settings
-from models.records import REASON_INVALID_RECORD, RecordError, parse_record
 from streaming.dead_letter import DeadLetterWriter
 from streaming.health import HealthServer
 from streaming.kafka_clients import make_producer
-from streaming.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED, RECORDS_SKIPPED
+from streaming.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
 from streaming.model_source import ModelLoadError, ModelSource
 from streaming.offsets import Ownership
 from streaming.sinks import Sink, build_sinks
-from streaming.worker import Batch, Envelope, InferenceStage, SinkStage
+from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, decode
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +91,7 @@ class BatchHandler:
         env = Envelope(topic=topic, partition=partition, offset=offset, epoch=self.ownership.epoch(tp) or 0,
                        key=key, value=value, timestamp_s=timestamp_s)
         RECORDS_CONSUMED.labels(topic=topic).inc()
-        records = self.settings.records
-        try:
-            env.record = parse_record(value or b"", records.max_text_chars, records.max_message_bytes)
-        except RecordError as exc:
-            env.rejection = exc
-            return env
-        except Exception as exc:  # noqa: BLE001 - unexpected input becomes a dead letter, not a crash
-            env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
-            return env
-        source = env.record.source
-        if source and (source in self.settings.skip_sources or source in self.model_source.dont_run_on()):
-            env.skipped_source = source
-            RECORDS_SKIPPED.labels(source=source).inc()
-            return env
-        try:
-            env.tokens = self.model_source.current().count_tokens(env.record)
-        except Exception:  # noqa: BLE001 - only an estimate
-            env.tokens = len(env.record.text) // 4 + 1
+        decode(env, self.settings.records, self.settings.skip_sources, self.model_source)
         return env
 
     def handle(self, envelopes: list[Envelope]) -> bool:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from config.settings import Settings
-from models.records import REASON_INVALID_RECORD, RecordError, parse_record
 from streaming.batcher import MicroBatcher
 from streaming.dead_letter import DeadLetterWriter
 from streaming.kafka_clients import make_consumer
@@ -32,13 +31,12 @@ from streaming.metrics import (
     IN_FLIGHT_BATCHES,
     PAUSED,
     RECORDS_CONSUMED,
-    RECORDS_SKIPPED,
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import CommitPositions, Ownership
 from streaming.offsets import TopicPartition as TP
 from streaming.sinks.base import Sink
-from streaming.worker import Batch, Envelope, InferenceStage, SinkStage
+from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, decode
 
 log = logging.getLogger(__name__)
 
@@ -213,25 +211,9 @@ class StreamProcessor:
 
     def _decode(self, env: Envelope) -> None:
         """Validate the message; mark it rejected (dead letter) or skipped, or estimate its tokens."""
-        records = self.settings.records
-        try:
-            env.record = parse_record(env.value or b"", records.max_text_chars, records.max_message_bytes)
-        except RecordError as exc:
-            env.rejection = exc
-            return
-        except Exception as exc:  # noqa: BLE001 - unexpected input must become a dead letter, not a crash
-            env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
-            return
-        source = env.record.source
-        if source and (source in self._skip_sources or source in self.model_source.dont_run_on()):
-            env.skipped_source = source
-            RECORDS_SKIPPED.labels(source=source).inc()
+        decode(env, self.settings.records, self._skip_sources, self.model_source)
+        if env.skipped_source:
             self.stats.skipped += 1
-            return
-        try:
-            env.tokens = self.model_source.current().count_tokens(env.record)
-        except Exception:  # noqa: BLE001 - only an estimate for batching
-            env.tokens = len(env.record.text) // 4 + 1
 
     def _new_batch(self, items: list[Envelope]) -> Batch:
         self._seq += 1

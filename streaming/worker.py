@@ -12,10 +12,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from models.records import ClassificationResult, Record, RecordError
+from config.settings import RecordSettings
+from models.records import REASON_INVALID_RECORD, ClassificationResult, Record, RecordError, parse_record
 from streaming.dead_letter import DeadLetterWriter
 from streaming.metrics import (
     END_TO_END_SECONDS,
@@ -24,6 +25,7 @@ from streaming.metrics import (
     PREDICTIONS_CORENESS,
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
+    RECORDS_SKIPPED,
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import Ownership, TopicPartition
@@ -59,6 +61,28 @@ class Envelope:
     @property
     def to_classify(self) -> bool:
         return self.record is not None and self.rejection is None and self.skipped_source is None
+
+
+def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str], model_source: ModelSource) -> None:
+    """Validate ``env.value``: set ``record`` and its token estimate, or a ``rejection`` (-> dead letter), or
+    ``skipped_source`` for records this model must not run on (counted in ``RECORDS_SKIPPED``)."""
+    try:
+        env.record = parse_record(env.value or b"", records.max_text_chars, records.max_message_bytes)
+    except RecordError as exc:
+        env.rejection = exc
+        return
+    except Exception as exc:  # noqa: BLE001 - unexpected input must become a dead letter, not a crash
+        env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
+        return
+    source = env.record.source
+    if source and (source in skip_sources or source in model_source.dont_run_on()):
+        env.skipped_source = source
+        RECORDS_SKIPPED.labels(source=source).inc()
+        return
+    try:
+        env.tokens = model_source.current().count_tokens(env.record)
+    except Exception:  # noqa: BLE001 - only an estimate for batching
+        env.tokens = len(env.record.text) // 4 + 1
 
 
 @dataclass
