@@ -2,7 +2,9 @@
 
 Nested sections use ``__`` in variable names, e.g. ``CORESTREAM_KAFKA__BOOTSTRAP_SERVERS``.
 A YAML file is read from ``--config`` or ``CORESTREAM_CONFIG``; its keys mirror the sections below.
-Every value is validated; a bad one raises :class:`SettingsError` naming the setting and its variable.
+Every value is validated; a bad one raises :class:`SettingsError` naming the setting and its variable (its
+value shown only as a short excerpt, and never for a secret). Secrets are ``SecretStr``: hidden in ``repr()``,
+``model_dump()`` and logs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pydantic_settings import SettingsError as EnvParseError
 ENV_PREFIX = "CORESTREAM_"
 CONFIG_ENV = "CORESTREAM_CONFIG"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
+# Setting (or Kafka option) names whose values are secrets.
+SECRET_NAME = re.compile(r"password|secret|token|api_key|apikey|credential|private", re.IGNORECASE)
+_SHOWN_CHARS = 40  # a bad value is shown in an error up to this many characters
 
 
 class SettingsError(ValueError):
@@ -44,8 +49,20 @@ class KafkaSettings(Section):
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     partition_assignment_strategy: str = "range"
-    # Passed verbatim to librdkafka (security.protocol, sasl.*, ...).
-    extra: dict[str, str] = Field(default_factory=dict)
+    # Passed verbatim to librdkafka (security.protocol, sasl.*, ...); options whose names look secret
+    # (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ...) are kept as SecretStr.
+    extra: dict[str, SecretStr | str] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _hide_secret_options(cls, extra: dict[str, SecretStr | str]) -> dict[str, SecretStr | str]:
+        return {key: SecretStr(value) if isinstance(value, str) and SECRET_NAME.search(key) else value
+                for key, value in extra.items()}
+
+    def client_options(self) -> dict[str, str]:
+        """``extra`` for the Kafka client config, secrets revealed (never log the result)."""
+        return {key: value.get_secret_value() if isinstance(value, SecretStr) else value
+                for key, value in self.extra.items()}
 
     def dlq_topic(self, input_topic: str) -> str:
         return f"{input_topic}{self.dlq_suffix}"
@@ -113,14 +130,18 @@ class SinkSettings(Section):
 
 class MetricsSettings(Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless configured (docker-compose sets 0.0.0.0)
     port: int = Field(9108, ge=0, le=65535)  # 0 picks a free port
 
 
 class ApiSettings(Section):
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless configured (docker-compose sets 0.0.0.0)
     port: int = Field(8080, ge=0, le=65535)
     max_batch_records: int = Field(256, ge=1)
+    max_body_bytes: int = Field(8_000_000, ge=1_000)  # larger request bodies get 413 before they are read
+    api_key: SecretStr | None = None  # when set, the predict endpoints require it in the X-API-Key header
+    docs_enabled: bool = True  # /docs, /redoc and /openapi.json
+    metrics_enabled: bool = True  # /metrics on the API port
 
 
 class Settings(BaseSettings):
@@ -184,8 +205,16 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     for item in error.errors():
         loc = tuple(item.get("loc", ()))
         name = ".".join(str(p) for p in loc) or "<root>"
-        lines.append(f"  - {name} (env {_env_name(loc)}): {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"  - {name} (env {_env_name(loc)}): {item['msg']} (got {_shown_input(loc, item.get('input'))})")
     return "\n".join(lines)
+
+
+def _shown_input(loc: tuple[Any, ...], value: Any) -> str:
+    """A bad value for an error message: ``***`` for a secret, else its repr cut to a short excerpt."""
+    if any(SECRET_NAME.search(str(part)) for part in loc):
+        return "***"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

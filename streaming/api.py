@@ -1,10 +1,16 @@
 """HTTP predict API (FastAPI): the stream's model and micro-batcher behind a request/response interface.
 
 * ``POST /api/v1/predict``: ``{"records": [record, ...]}`` of either record shape -> ``{"results": [...]}``.
-* ``POST /api/predict/coreness``: the classic INSPIRE classifier call, ``{"title", "abstract"}`` ->
-  ``{"prediction": "core"|"non_core"|"rejected", "scores": {"core", "non_core", "rejected"}}``.
-* ``GET /api/v1/health``: model loaded, name/version/arch, device.
-* ``GET /metrics``: Prometheus metrics (``streaming.metrics.REGISTRY``).
+* ``POST /api/predict/coreness``: the classic INSPIRE classifier call, ``{"title", "abstract"}`` as JSON or
+  form-encoded -> ``{"prediction": "core"|"non_core"|"rejected", "scores": {"core", "non_core", "rejected"}}``.
+* ``GET /api/v1/health``: model loaded, name/version/arch, device (an error class, never the error's text);
+  ``GET /api/health``: the classic service's ``{"status": "ok"}``.
+* ``GET /metrics``: Prometheus metrics (``streaming.metrics.REGISTRY``; off with ``api.metrics_enabled``).
+
+Limits: bodies above ``api.max_body_bytes`` get 413 before they are read, more than ``api.max_batch_records``
+records get 413 while the body is parsed; error bodies never echo more than a short excerpt of the input
+(:mod:`streaming.api_body`). With ``api.api_key`` set the predict endpoints require an ``X-API-Key`` header;
+``api.docs_enabled: false`` removes ``/docs``, ``/redoc`` and ``/openapi.json``.
 
 Records of concurrent requests are coalesced into micro-batches (:class:`streaming.batcher.MicroBatcher`)
 by one worker thread that also runs inference, so the event loop never blocks on the model.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import logging
 import queue
 import threading
@@ -25,10 +32,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from config.cli import CommandError
 from config.settings import BatchSettings, Settings
@@ -41,6 +52,7 @@ from models.records import (
     RecordError,
     parse_record,
 )
+from streaming.api_body import BodyLimitMiddleware, error_response, parse_json, safe_json
 from streaming.batcher import MicroBatcher
 from streaming.metrics import REGISTRY
 from streaming.model_source import ModelLoadError, ModelSource
@@ -48,6 +60,9 @@ from streaming.model_source import ModelLoadError, ModelSource
 log = logging.getLogger(__name__)
 
 REASON_SKIPPED_SOURCE = "skipped_source"
+API_KEY_HEADER = "X-API-Key"
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 EXAMPLE_RECORD = {
     "id": "1802.01234",
@@ -89,7 +104,13 @@ class HealthResponse(BaseModel):
     model_loaded: bool
     model: ModelInfo | None = None
     device: str | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="The class of the load error (its text is in the service log)")
+
+
+class ClassicHealthResponse(BaseModel):
+    """The classic INSPIRE classifier's health answer."""
+
+    status: Literal["ok", "unavailable"]
 
 
 class ErrorResponse(BaseModel):
@@ -202,20 +223,27 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
     """The API app; the model is loaded on first use (``corestream serve`` loads it before listening)."""
     source = model_source or ModelSource(settings)
     batcher = InferenceBatcher(source, settings.batch)
+    api = settings.api
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         batcher.stop()
 
+    docs = api.docs_enabled
     app = FastAPI(
         title="corestream",
         version="1",
         summary="INSPIRE coreness and arXiv categories for research-paper records",
         description=__doc__,
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings, app.state.model_source, app.state.batcher = settings, source, batcher
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    _add_error_handlers(app)
 
     def parse(records: list[dict[str, Any]]) -> list[Record]:
         limit = settings.api.max_batch_records
@@ -246,23 +274,40 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
         try:
             return await batcher.predict(records)
         except ModelUnavailable as exc:
-            raise HTTPException(503, f"no model available: {exc}") from None
+            log.error("no model available for a request", extra={"error": str(exc)})
+            raise HTTPException(503, "no model available (ModelLoadError); the service log says why") from None
 
     problems = {
-        400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
-        413: {"model": ErrorResponse, "description": "Too many records in one request"},
+        400: {"model": ErrorResponse, "description": "The body is not valid UTF-8 JSON (or form data)"},
+        413: {"model": ErrorResponse, "description": "The body is too large, or holds too many records"},
+        415: {"model": ErrorResponse, "description": "Unsupported content type"},
+        422: {"model": ErrorResponse, "description": "The body or a record is invalid"},
         503: {"model": ErrorResponse, "description": "The model cannot be loaded"},
     }
+    guarded: dict[str, Any] = {}
+    if api.api_key is not None:
+        problems[401] = {"model": ErrorResponse, "description": f"Missing or wrong {API_KEY_HEADER} header"}
+        guarded["dependencies"] = [Security(_api_key_check(api.api_key.get_secret_value()))]
 
-    @app.post("/api/v1/predict", response_model=PredictResponse, responses=problems, tags=["predict"])
-    async def predict(body: PredictRequest) -> PredictResponse:
+    @app.post("/api/v1/predict", response_model=PredictResponse, responses=problems, tags=["predict"],
+              openapi_extra=_body_schema(PredictRequest, JSON_TYPES), **guarded)
+    async def predict(request: Request) -> PredictResponse:
         """Classify a batch of records (coreness and arXiv categories); 422 names each bad record's index."""
+        _require_type(request, JSON_TYPES)
+        data = parse_json(await request.body(), records_limit=api.max_batch_records)
+        body = _validated(PredictRequest, data)
         return PredictResponse(results=await classify(parse(body.records)))
 
-    @app.post("/api/predict/coreness", response_model=CorenessResponse, responses={k: problems[k] for k in (400, 503)},
-              tags=["inspire-classifier"])
-    async def predict_coreness(body: CorenessRequest) -> CorenessResponse:
-        """Drop-in for the INSPIRE classifier's coreness endpoint."""
+    @app.post("/api/predict/coreness", response_model=CorenessResponse, responses=problems,
+              tags=["inspire-classifier"], openapi_extra=_body_schema(CorenessRequest, JSON_TYPES + FORM_TYPES),
+              **guarded)
+    async def predict_coreness(request: Request) -> CorenessResponse:
+        """Drop-in for the INSPIRE classifier's coreness endpoint (JSON or form-encoded title and abstract)."""
+        if _require_type(request, JSON_TYPES + FORM_TYPES) in FORM_TYPES:
+            data = await _form_fields(request)
+        else:
+            data = parse_json(await request.body())
+        body = _validated(CorenessRequest, data)
         try:
             record = parse_record({"id": "request", "title": body.title, "abstract": body.abstract},
                                   max_text_chars=settings.records.max_text_chars)
@@ -271,22 +316,106 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
         (result,) = await classify([record])
         return CorenessResponse(prediction=result.coreness.label, scores=result.coreness.scores)
 
+    async def model_health() -> HealthResponse:
+        try:
+            predictor = await asyncio.to_thread(source.current)
+        except ModelLoadError as exc:
+            log.error("health: the model cannot be loaded", extra={"error": str(exc)})
+            return HealthResponse(status="unavailable", model_loaded=False, error=type(exc).__name__)
+        return HealthResponse(status="ok", model_loaded=True, model=predictor.info, device=predictor.device)
+
     @app.get("/api/v1/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
              tags=["health"])
     async def health():
         """Model loaded (loading it if needed), its name/version/arch and device; 503 if it cannot load."""
-        try:
-            predictor = await asyncio.to_thread(source.current)
-        except ModelLoadError as exc:
-            body = HealthResponse(status="unavailable", model_loaded=False, error=str(exc))
-            return JSONResponse(body.model_dump(mode="json"), status_code=503)
-        return HealthResponse(status="ok", model_loaded=True, model=predictor.info, device=predictor.device)
+        body = await model_health()
+        return body if body.model_loaded else JSONResponse(body.model_dump(mode="json"), status_code=503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/api/health", response_model=ClassicHealthResponse,
+             responses={503: {"model": ClassicHealthResponse}}, tags=["inspire-classifier"])
+    async def classic_health():
+        """The classic INSPIRE classifier's health check: ``{"status": "ok"}`` once the model is loaded."""
+        body = await model_health()
+        return ClassicHealthResponse(status=body.status) if body.model_loaded else \
+            JSONResponse({"status": body.status}, status_code=503)
+
+    if api.metrics_enabled:
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error body is JSON with short excerpts only (never the raw input), and never a 5xx for bad input."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(HTTPException(422, _error_list(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+def _error_list(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI errors without their input (only loc, type and message)."""
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        out.append({"loc": loc if loc[:1] == ["body"] else ["body", *loc], "type": error.get("type"),
+                    "msg": error.get("msg")})
+    return out
+
+
+def _validated(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(422, _error_list(exc.errors(include_input=False, include_url=False))) from None
+
+
+def _require_type(request: Request, allowed: Sequence[str]) -> str:
+    """The request's media type if allowed (a missing one counts as JSON), else 415."""
+    media = request.headers.get("content-type", JSON_TYPES[0]).split(";", 1)[0].strip().lower()
+    if media not in allowed and not (media.endswith("+json") and JSON_TYPES[0] in allowed):
+        raise HTTPException(415, f"unsupported content type {safe_json(media)!r}; use {' or '.join(allowed)}")
+    return media if media in allowed else JSON_TYPES[0]
+
+
+async def _form_fields(request: Request) -> dict[str, str]:
+    """The text fields of a form body (no files); every value decoded as UTF-8."""
+    form = await request.form(max_files=0, max_fields=16)
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            raise HTTPException(400, "file uploads are not accepted")
+        fields[key] = value
+    return fields
+
+
+def _body_schema(model: type[BaseModel], media_types: Sequence[str]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its body itself (to enforce the limits first)."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {media: {"schema": schema} for media in media_types}}}
+
+
+def _api_key_check(expected: str) -> Any:
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The key set in api.api_key")
+    wanted = expected.encode("utf-8", "surrogatepass")
+
+    async def check(given: str | None = Security(header)) -> None:
+        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), wanted):
+            raise HTTPException(401, f"missing or wrong API key ({API_KEY_HEADER} header)",
+                                headers={"WWW-Authenticate": API_KEY_HEADER})
+
+    return check
 
 
 # --------------------------------------------------------------------------- corestream serve

@@ -1,0 +1,210 @@
+"""Request bodies and error bodies of the predict API, handled defensively.
+
+* :class:`BodyLimitMiddleware`: a body above ``api.max_body_bytes`` gets 413 before it is read (from its
+  Content-Length) or as soon as the streamed bytes pass the limit (chunked bodies); nothing is echoed.
+* :func:`parse_json`: strict UTF-8, strict JSON (no NaN/Infinity, no lone surrogates, no numbers that
+  overflow, bounded nesting); the ``records`` array of a predict body is parsed one element at a time and
+  refused with 413 as soon as it holds more than the record limit, so an oversize batch is never parsed whole.
+* :func:`safe_json`: what an error body may hold: short excerpts only, always valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MAX_SHOWN_CHARS = 300  # an error body shows at most this much of any text
+MAX_SHOWN_ITEMS = 50  # ... and at most this many list entries
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes (api.max_body_bytes, env "
+                              "CORESTREAM_API__MAX_BODY_BYTES)", headers={"Connection": "close"})
+
+
+class TooManyRecords(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"more than {limit} records in one request, above the limit of {limit} "
+                              "(api.max_batch_records, env CORESTREAM_API__MAX_BATCH_RECORDS): split the batch")
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies above ``max_bytes`` with 413: by Content-Length before reading, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
+            error = BodyTooLarge(self.max_bytes) if declared.strip().isdigit() else \
+                HTTPException(400, "invalid Content-Length header", headers={"Connection": "close"})
+            await error_response(error)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)  # rendered by the app's HTTPException handler
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def error_response(exc: HTTPException) -> JSONResponse:
+    """The JSON error body of ``exc``: ``{"detail": ...}`` with only short excerpts of any text."""
+    return JSONResponse({"detail": safe_json(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def safe_json(value: Any, depth: int = 0) -> Any:
+    """``value`` reduced to short, valid JSON: text cut to an excerpt (lone surrogates replaced), lists cut,
+    non-finite numbers as null, anything else as a short text."""
+    if isinstance(value, str):
+        return excerpt(value)
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 10**18 else excerpt(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= 6:
+        return excerpt(repr(value))
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_SHOWN_ITEMS]
+        return {excerpt(str(key)): safe_json(item, depth + 1) for key, item in items}
+    if isinstance(value, list | tuple):
+        return [safe_json(item, depth + 1) for item in value[:MAX_SHOWN_ITEMS]]
+    return excerpt(repr(value))
+
+
+def excerpt(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, lone surrogates replaced by U+FFFD."""
+    cut = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return cut.encode("utf-8", "replace").decode("utf-8") if not cut.isascii() else cut
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constants)
+
+
+def parse_json(raw: bytes, records_limit: int | None = None) -> Any:
+    """``raw`` as strict JSON; 400 if it is not. With ``records_limit``, a top-level ``records`` array of
+    more elements gets 413 while it is being parsed (the elements after the limit are never parsed)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(400, f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = _document(text.removeprefix("\ufeff"), records_limit)
+        _reject_surrogates(value)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise HTTPException(400, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise HTTPException(400, f"invalid JSON: {excerpt(str(exc), 80)}") from None
+    return value
+
+
+def _document(text: str, records_limit: int | None) -> Any:
+    start = _skip(text, 0)
+    if records_limit is None or not text.startswith("{", start):
+        value, end = _DECODER.raw_decode(text, start)
+    else:
+        value, end = _object_with_records(text, start, records_limit)
+    if _skip(text, end) != len(text):
+        raise json.JSONDecodeError("Extra data", text, _skip(text, end))
+    return value
+
+
+def _object_with_records(text: str, index: int, limit: int) -> tuple[dict[str, Any], int]:
+    """A JSON object starting at ``text[index] == "{"`` whose ``records`` array is counted while parsed."""
+    out: dict[str, Any] = {}
+    index = _skip(text, index + 1)
+    if text.startswith("}", index):
+        return out, index + 1
+    while True:
+        if not text.startswith('"', index):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
+        key, index = _DECODER.raw_decode(text, index)
+        index = _expect(text, _skip(text, index), ":")
+        if key == "records" and text.startswith("[", index):
+            out[key], index = _counted_array(text, index, limit)
+        else:
+            out[key], index = _DECODER.raw_decode(text, index)
+        index = _skip(text, index)
+        if text.startswith("}", index):
+            return out, index + 1
+        index = _expect(text, index, ",")
+
+
+def _counted_array(text: str, index: int, limit: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    index = _skip(text, index + 1)
+    if text.startswith("]", index):
+        return items, index + 1
+    while True:
+        if len(items) >= limit:
+            raise TooManyRecords(limit)
+        item, index = _DECODER.raw_decode(text, index)
+        items.append(item)
+        index = _skip(text, index)
+        if text.startswith("]", index):
+            return items, index + 1
+        index = _expect(text, index, ",")
+
+
+def _skip(text: str, index: int) -> int:
+    match = _WHITESPACE.match(text, index)
+    return match.end() if match else index
+
+
+def _expect(text: str, index: int, char: str) -> int:
+    if not text.startswith(char, index):
+        raise json.JSONDecodeError(f"Expecting {char!r} delimiter", text, index)
+    return _skip(text, index + 1)
+
+
+def _reject_surrogates(value: Any) -> None:
+    """ValueError if any text (key or value) holds a lone surrogate (a ``\\ud800`` escape)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text holds a lone surrogate (\\ud800-\\udfff escape)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
