@@ -9,12 +9,17 @@ import sys
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_SECRET_KEYS = re.compile(r"(password|secret|api_key|token|authorization)", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"password|secret|api_key|apikey|token|authorization|credential|private", re.IGNORECASE)
+# Any user-info: everything from ``scheme://`` to the last "@" before the next whitespace, so passwords holding
+# "@", "/" or ":" and token-only user-info are covered. ``registry://NAME@ENV`` holds no secret and is kept.
+_URL_CREDENTIALS = re.compile(r"(?<![\w+.-])(?!registry://)(?P<scheme>[a-z][a-z0-9+._-]*://)\S*@", re.IGNORECASE)
 
 
 def mask(text: str) -> str:
-    """Hide credentials embedded in URLs (``https://user:pass@host`` -> ``https://***@host``)."""
+    """Hide credentials embedded in URLs (``https://user:p@ss/w@host`` -> ``https://***@host``).
+
+    Errs on the side of hiding: a URL whose path holds an "@" loses the part before it too.
+    """
     return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 

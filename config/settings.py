@@ -51,11 +51,11 @@ class KafkaSettings(Section):
     partition_assignment_strategy: str = "range"
     # Passed verbatim to librdkafka (security.protocol, sasl.*, ...); options whose names look secret
     # (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ...) are kept as SecretStr.
-    extra: dict[str, SecretStr | str] = Field(default_factory=dict)
+    extra: dict[str, str | SecretStr] = Field(default_factory=dict)
 
     @field_validator("extra")
     @classmethod
-    def _hide_secret_options(cls, extra: dict[str, SecretStr | str]) -> dict[str, SecretStr | str]:
+    def _hide_secret_options(cls, extra: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
         return {key: SecretStr(value) if isinstance(value, str) and SECRET_NAME.search(key) else value
                 for key, value in extra.items()}
 

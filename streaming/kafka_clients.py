@@ -30,7 +30,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "auto.offset.reset": kafka.auto_offset_reset,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        **kafka.extra,
+        **kafka.client_options(),
     }
     config.update(overrides)
     return config
@@ -51,14 +51,14 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": 5,
         "message.max.bytes": max_message_bytes(settings),
-        **settings.kafka.extra,
+        **settings.kafka.client_options(),
     }
     config.update(overrides)
     return config
 
 
 def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    return {**_base_config(settings), **settings.kafka.extra, **overrides}
+    return {**_base_config(settings), **settings.kafka.client_options(), **overrides}
 
 
 def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
