@@ -1,7 +1,10 @@
 """Where the stream processor gets its model: a local checkpoint directory or ``registry://NAME@ENV``.
 
 A registry model is downloaded to ``settings.model.cache_dir/NAME/VERSION`` and every file's sha256 is checked
-against the manifest before anything is loaded. With ``reload_interval_s > 0`` a background thread polls the
+against the manifest before anything is loaded (a cached copy too, on every load). The URI's name and
+environment, and every name, version and file path the registry returns, follow the registry naming rule
+(:mod:`trainer.registry_names`); anything else is refused before a path is built.
+With ``reload_interval_s > 0`` a background thread polls the
 alias; a new version is downloaded, verified and loaded in the background and handed over by :meth:`current`,
 which the processor calls once per batch, so a swap only ever happens between batches.
 """
@@ -192,7 +195,8 @@ class ModelSource:
                 "--no-require-gpu`",
             )
         try:
-            path, manifest = self.registry.download(manifest.name, manifest.version, self.settings.model.cache_dir)
+            name = self.ref[0] if self.ref else manifest.name  # the checked name, never one taken from a document
+            path, manifest = self.registry.download(name, manifest.version, self.settings.model.cache_dir)
         except IntegrityError as exc:
             raise _version_error(manifest, f"cannot load {self.uri}: {exc}") from None
         except (RegistryError, S3Error) as exc:

@@ -35,6 +35,7 @@ from config.settings import Settings
 from models.records import Record, RecordError, parse_record
 from streaming.model_source import ModelLoadError, ModelSource
 from trainer.registry import Manifest, RegistryError, build_manifest, default_creator
+from trainer.registry_names import check_name, path_under
 from trainer.s3 import S3Error, is_not_found, is_s3_url, parse_s3_url, s3_client, s3_errors
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ class Backfill:
             update={"model": self.model_uri, "reload_interval_s": 0})}))
         predictor = source.load()
         manifest = source.manifest or self._local_manifest(predictor)
-        name, version = predictor.info.name, predictor.info.version
+        name, version = check_name(predictor.info.name), check_name(predictor.info.version, "model version")
         relative = f"predictions/{name}/{version}"
-        work = self._work_dir(relative)
+        work = self._work_dir(name, version)
         work.mkdir(parents=True, exist_ok=True)
         batch_size = self.batch_size or self._default_batch_size(predictor.device)
 
@@ -219,13 +220,16 @@ class Backfill:
         print(f"backfill already complete in {where} (use --restart to run it again)")
         return summary
 
-    def _work_dir(self, relative: str) -> Path:
+    def _work_dir(self, name: str, version: str) -> Path:
+        """``ROOT/predictions/NAME/VERSION``, resolved and checked to stay under its root (it may be removed)."""
         if not is_s3_url(self.output):
-            return Path(self.output) / relative
-        if self.work_root:
-            return Path(self.work_root) / relative
-        digest = hashlib.sha256(f"{self.input_path}|{self.output}".encode()).hexdigest()[:12]
-        return Path(self.settings.model.cache_dir).parent / "backfill" / digest / relative
+            root = Path(self.output)
+        elif self.work_root:
+            root = Path(self.work_root)
+        else:
+            digest = hashlib.sha256(f"{self.input_path}|{self.output}".encode()).hexdigest()[:12]
+            root = Path(self.settings.model.cache_dir).parent / "backfill" / digest
+        return path_under(root, "predictions", name, version)
 
     def _local_input(self, work: Path) -> Path:
         if not is_s3_url(self.input_path):

@@ -5,6 +5,9 @@ Layout under ``s3://{bucket}/{prefix}``::
     models/{name}/{version}/            checkpoint files + manifest.json (sha256/size of every file, ...)
     models/{name}/aliases/{env}.json    current version of an environment, previous versions, history
 
+Names, versions and environments follow one rule (:mod:`trainer.registry_names`), checked before any key or
+local path is built; documents read back (manifests, aliases) are checked against it too, and a manifest must
+name the model and version it is stored under and list at least one file.
 Versions are ``v1``, ``v2``, ... A push claims its id with a conditional put (``If-None-Match: *``) so two
 pushers never share a version; the manifest is written last, so a version without one is incomplete and
 invisible. Alias and metadata updates are optimistic (``If-Match`` on the ETag) and retried.
@@ -17,33 +20,40 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from config.settings import RegistrySettings
+from trainer.registry_names import (
+    InvalidNameError,
+    RegistryError,
+    check_name,
+    check_relative_file,
+    check_version,
+    file_parts,
+    path_under,
+    shown,
+    version_number,
+)
 from trainer.s3 import is_not_found, is_precondition_failed, s3_client, s3_errors
+
+__all__ = ["REGISTRY_SCHEME", "InvalidNameError", "IntegrityError", "LabelMismatchError", "Manifest",
+           "ModelRegistry", "RegistryError", "VersionMetadata", "parse_registry_uri"]
 
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEME = "registry://"
 MANIFEST = "manifest.json"
 CLAIM = "_claim.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION = re.compile(r"^v(\d+)$")
 _UPDATE_ATTEMPTS = 5
-
-
-class RegistryError(RuntimeError):
-    """A registry operation cannot be done; the message says why."""
 
 
 class IntegrityError(RegistryError):
@@ -81,6 +91,20 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     metadata: VersionMetadata = Field(default_factory=VersionMetadata)
 
+    # Local checkpoints (backfill) have free-form versions, so both follow the name rule here; the registry
+    # additionally requires the manifest's version to be the ``vN`` it is stored under (ModelRegistry.manifest).
+    name_rule = field_validator("name")(lambda value: check_name(value))
+    version_rule = field_validator("version")(lambda value: check_name(value, "version"))
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        if not files:
+            raise ValueError("the manifest lists no files")
+        for relative in files:
+            check_relative_file(relative)
+        return files
+
 
 class AliasEvent(BaseModel):
     action: Literal["promote", "demote"]
@@ -99,14 +123,19 @@ class Alias(BaseModel):
     previous: list[str] = Field(default_factory=list)  # versions to demote back to, most recent last
     history: list[AliasEvent] = Field(default_factory=list)
 
+    name_rule = field_validator("name")(lambda value: check_name(value))
+    env_rule = field_validator("env")(lambda value: check_name(value, "environment"))
+    version_rule = field_validator("version")(lambda value: check_version(value))
+    previous_rule = field_validator("previous")(lambda values: [check_version(v) for v in values])
+
 
 def parse_registry_uri(uri: str) -> tuple[str, str]:
-    """``registry://NAME@ENV`` -> ``(NAME, ENV)``."""
+    """``registry://NAME@ENV`` -> ``(NAME, ENV)``, both checked against the naming rule."""
     body = uri[len(REGISTRY_SCHEME):] if uri.startswith(REGISTRY_SCHEME) else ""
     name, _, env = body.partition("@")
     if not name or not env:
-        raise RegistryError(f"model URI must look like registry://NAME@ENV, got {uri!r}")
-    return name, env
+        raise RegistryError(f"model URI must look like registry://NAME@ENV, got {shown(uri)}")
+    return check_name(name), check_name(env, "environment")
 
 
 def default_creator(settings: RegistrySettings) -> str:
@@ -139,6 +168,7 @@ def build_manifest(model_dir: Path, name: str, version: str, creator: str,
     """The manifest of a local checkpoint directory (its config.json read by ``models.checkpoint``)."""
     from models.checkpoint import read_checkpoint_config
 
+    check_name(name), check_name(version, "model version")
     config = read_checkpoint_config(model_dir)
     return Manifest(
         name=name, version=version, arch=str(config.get("arch", "unknown")),
@@ -151,10 +181,16 @@ def build_manifest(model_dir: Path, name: str, version: str, creator: str,
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:
-    """Raise :class:`IntegrityError` unless every manifest file is in ``directory`` with its size and sha256."""
+    """Raise :class:`IntegrityError` unless ``directory`` holds exactly the manifest's files (size and sha256)."""
+    if not manifest.files:
+        raise IntegrityError(f"{manifest.name} {manifest.version}: the manifest lists no files")
+    extra = set(checkpoint_files_names(directory)) - set(manifest.files)
+    if extra:
+        raise IntegrityError(f"{manifest.name} {manifest.version}: {len(extra)} file(s) not in the manifest, "
+                             f"e.g. {shown(sorted(extra)[0])}")
     for relative, entry in manifest.files.items():
-        path = directory / relative
-        if not path.is_file():
+        path = directory.joinpath(*file_parts(relative))
+        if path.is_symlink() or not path.is_file():
             raise IntegrityError(f"{manifest.name} {manifest.version}: file {relative} is missing")
         digest = sha256_file(path)
         if digest != entry.sha256 or path.stat().st_size != entry.size:
@@ -162,6 +198,12 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"{manifest.name} {manifest.version}: sha256 mismatch for {relative}: manifest says "
                 f"{entry.sha256[:16]}..., file has {digest[:16]}...; refusing to load it"
             )
+
+
+def checkpoint_files_names(directory: Path) -> list[str]:
+    """Relative POSIX paths of the files and links under ``directory``, the manifest excluded."""
+    found = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+    return [relative for relative in found if relative != MANIFEST]
 
 
 def label_differences(old: Manifest, new: Manifest) -> list[str]:
@@ -173,13 +215,6 @@ def label_differences(old: Manifest, new: Manifest) -> list[str]:
             added, removed = sorted(after - before), sorted(before - after)
             out.append(f"{field}: +{len(added)} {added[:5]} -{len(removed)} {removed[:5]}")
     return out
-
-
-def _safe_relative(relative: str) -> str:
-    path = PurePosixPath(relative)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise IntegrityError(f"manifest lists an unsafe file path: {relative!r}")
-    return relative
 
 
 class ModelRegistry:
@@ -201,8 +236,8 @@ class ModelRegistry:
     # ------------------------------------------------------------------ keys and raw objects
 
     def key(self, name: str, *parts: str) -> str:
-        """The S3 key of ``models/{name}/{parts...}`` under the configured prefix."""
-        return self.prefix + "/".join(("models", name, *parts))
+        """The S3 key of ``models/{name}/{parts...}`` under the configured prefix (``name`` checked)."""
+        return self.prefix + "/".join(("models", check_name(name), *parts))
 
     def _get_json(self, key: str) -> tuple[dict[str, Any], str] | None:
         """``(document, etag)`` or None if the key does not exist."""
@@ -213,7 +248,10 @@ class ModelRegistry:
                 if is_not_found(exc):
                     return None
                 raise
-            return json.loads(response["Body"].read()), response["ETag"]
+            try:
+                return json.loads(response["Body"].read()), response["ETag"]
+            except ValueError:
+                raise RegistryError(f"registry document s3://{self.bucket}/{key} is not JSON; refusing it") from None
 
     def _put_json(self, key: str, document: BaseModel | dict[str, Any], *, etag: str | None = None,
                   create: bool = False) -> bool:
@@ -241,7 +279,7 @@ class ModelRegistry:
         """Model names that have at least one complete version."""
         keys = self._list_keys(self.prefix + "models/")
         found = {key[len(self.prefix):].split("/")[1] for key in keys if key.endswith("/" + MANIFEST)}
-        return sorted(found)
+        return sorted(name for name in found if _is_name(name))
 
     def versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest first."""
@@ -249,7 +287,7 @@ class ModelRegistry:
         versions = []
         for key in self._list_keys(base):
             parts = key[len(base):].split("/")
-            if len(parts) == 2 and parts[1] == MANIFEST and _VERSION.match(parts[0]):
+            if len(parts) == 2 and parts[1] == MANIFEST and version_number(parts[0]) is not None:
                 versions.append(parts[0])
         return sorted(versions, key=lambda v: int(v[1:]))
 
@@ -262,19 +300,34 @@ class ModelRegistry:
         return versions
 
     def manifest(self, name: str, version: str) -> Manifest:
+        """The manifest stored under ``models/{name}/{version}``; it must name that model and version."""
+        check_name(name), check_version(version)
         found = self._get_json(self.key(name, version, MANIFEST))
         if found is None:
             versions = self.require_versions(name)
             raise RegistryError(f"unknown version {version!r} of model {name!r} (versions: {', '.join(versions)})")
-        return self._parse(Manifest, found[0], f"{name} {version} manifest")
+        return self._stored_manifest(found[0], name, version)
+
+    def _stored_manifest(self, document: dict[str, Any], name: str, version: str) -> Manifest:
+        """A manifest document read from ``models/{name}/{version}``, which it must name."""
+        manifest: Manifest = self._parse(Manifest, document, f"{name} {version} manifest")
+        if (manifest.name, manifest.version) != (name, version):
+            raise RegistryError(f"registry document {name} {version} manifest is invalid: it names "
+                                f"{shown(manifest.name)} {shown(manifest.version)}; refusing it")
+        return manifest
 
     def alias(self, name: str, env: str) -> Alias:
+        check_name(name), check_name(env, "environment")
         found = self._get_json(self.key(name, "aliases", f"{env}.json"))
         if found is None:
             self.require_versions(name)
             envs = ", ".join(self.aliases(name)) or "none"
             raise RegistryError(f"model {name!r} has no version in environment {env!r} (environments set: {envs})")
-        return self._parse(Alias, found[0], f"{name} alias {env}")
+        alias: Alias = self._parse(Alias, found[0], f"{name} alias {env}")
+        if (alias.name, alias.env) != (name, env):
+            raise RegistryError(f"registry document {name} alias {env} is invalid: it names "
+                                f"{shown(alias.name)}@{shown(alias.env)}; refusing it")
+        return alias
 
     def aliases(self, name: str) -> dict[str, Alias]:
         out = {}
@@ -293,7 +346,9 @@ class ModelRegistry:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise RegistryError(f"registry document {what} is invalid: {exc.errors()[0]['msg']}") from None
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error.get("loc", ())) or "document"
+            raise RegistryError(f"registry document {what} is invalid: {where}: {error['msg']}") from None
 
     # ------------------------------------------------------------------ writing
 
@@ -303,8 +358,7 @@ class ModelRegistry:
         from models.checkpoint import CheckpointError
 
         model_dir = Path(model_dir)
-        if not _NAME.match(name):
-            raise RegistryError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-'")
+        check_name(name)
         if not model_dir.is_dir():
             raise RegistryError(f"model directory not found: {model_dir}")
         creator = creator or default_creator(self.settings)
@@ -326,7 +380,7 @@ class ModelRegistry:
         """Reserve the next free ``vN`` with a conditional put, so concurrent pushes get distinct ids."""
         base = self.key(name) + "/"
         taken = {key[len(base):].split("/")[0] for key in self._list_keys(base)}
-        number = max((int(m.group(1)) for v in taken if (m := _VERSION.match(v))), default=0) + 1
+        number = max((n for v in taken if (n := version_number(v)) is not None), default=0) + 1
         claim = {"creator": creator, "claimed_at": datetime.now(UTC).isoformat(), "token": uuid.uuid4().hex}
         for _ in range(100):
             key = self.key(name, f"v{number}", CLAIM)
@@ -338,6 +392,7 @@ class ModelRegistry:
 
     def promote(self, name: str, version: str, env: str, *, force: bool = False, by: str | None = None) -> Alias:
         """Point ``env`` at ``version``; refuses other label sets than the current version's unless ``force``."""
+        check_name(name), check_version(version)
         self._require_env(env)
         manifest = self.manifest(name, version)
         by = by or default_creator(self.settings)
@@ -377,6 +432,7 @@ class ModelRegistry:
         return self._update_alias(name, env, change)
 
     def _require_env(self, env: str) -> None:
+        check_name(env, "environment")
         if env not in self.settings.envs:
             raise RegistryError(f"unknown environment {env!r} (known: {', '.join(self.settings.envs)}; "
                                 "set CORESTREAM_REGISTRY__ENVS to change)")
@@ -396,12 +452,14 @@ class ModelRegistry:
                         clear_dont_run_on: bool = False, require_gpu: bool | None = None,
                         profiles: dict[str, Any] | None = None, remove_profiles: list[str] | None = None) -> Manifest:
         """Change a version's processor metadata (the checkpoint files stay immutable)."""
+        check_name(name), check_version(version)
         key = self.key(name, version, MANIFEST)
         for _ in range(_UPDATE_ATTEMPTS):
             found = self._get_json(key)
             if found is None:
                 self.manifest(name, version)  # raises the right "unknown ..." error
-            manifest: Manifest = self._parse(Manifest, found[0], key)
+                continue
+            manifest = self._stored_manifest(found[0], name, version)
             meta = manifest.metadata
             sources = [] if clear_dont_run_on else list(meta.dont_run_on)
             sources += [s for s in add_dont_run_on or [] if s not in sources]
@@ -418,9 +476,13 @@ class ModelRegistry:
     # ------------------------------------------------------------------ downloading
 
     def download(self, name: str, version: str, cache_dir: str | Path) -> tuple[Path, Manifest]:
-        """A verified local copy of a version at ``cache_dir/name/version`` (reused when it still verifies)."""
-        manifest = self.manifest(name, version)
-        target = Path(cache_dir) / name / version
+        """A verified local copy of a version at ``cache_dir/name/version``.
+
+        The copy is reused only while it still holds exactly the manifest's files (checked on every call);
+        every local path is resolved and must stay inside ``cache_dir``.
+        """
+        manifest = self.manifest(name, version)  # checks name and version, and that the manifest agrees
+        target = path_under(cache_dir, name, version)
         if target.is_dir():
             try:
                 verify_files(target, manifest)
@@ -432,7 +494,7 @@ class ModelRegistry:
         try:
             with s3_errors(f"downloading {name} {version}", self.settings.endpoint_url):
                 for relative in manifest.files:
-                    path = staging / _safe_relative(relative)
+                    path = path_under(staging, *file_parts(relative))
                     path.parent.mkdir(parents=True, exist_ok=True)
                     self.client.download_file(self.bucket, self.key(name, version, relative), str(path))
             verify_files(staging, manifest)
@@ -443,3 +505,11 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target, manifest
+
+
+def _is_name(value: str) -> bool:
+    try:
+        check_name(value)
+    except InvalidNameError:
+        return False
+    return True
