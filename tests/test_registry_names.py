@@ -127,6 +127,8 @@ def test_manifest_without_files_or_with_unsafe_paths_is_refused(world: dict[str,
 def test_cache_is_verified_on_every_load(world: dict[str, Any], checkpoint: Path) -> None:
     load(world)
     cached = world["cache"] / "demo" / "v1"
+    first = cached.stat().st_ino
+    assert load(world).info.version == "v1" and cached.stat().st_ino == first  # a clean copy is reused
     (cached / "planted.py").write_text("print('not in the manifest')")
     outside = world["tmp"] / "outside.safetensors"
     shutil.copy(checkpoint / "model.safetensors", outside)
@@ -135,6 +137,7 @@ def test_cache_is_verified_on_every_load(world: dict[str, Any], checkpoint: Path
     assert load(world).info.version == "v1"
     assert not (cached / "planted.py").exists() and not (cached / "model.safetensors").is_symlink()
     assert (cached / "model.safetensors").read_bytes() == outside.read_bytes()
+    assert cached.stat().st_ino != first  # downloaded again
 
 
 def test_cache_directory_linked_out_of_the_root_is_refused(world: dict[str, Any]) -> None:
