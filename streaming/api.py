@@ -33,12 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from config.cli import CommandError
@@ -52,7 +50,17 @@ from models.records import (
     RecordError,
     parse_record,
 )
-from streaming.api_body import BodyLimitMiddleware, error_response, parse_json, safe_json
+from streaming.api_body import (
+    FORM_TYPES,
+    JSON_TYPES,
+    BodyLimitMiddleware,
+    add_error_handlers,
+    body_schema,
+    form_fields,
+    parse_json,
+    require_type,
+    validated,
+)
 from streaming.batcher import MicroBatcher
 from streaming.metrics import REGISTRY
 from streaming.model_source import ModelLoadError, ModelSource
@@ -61,8 +69,6 @@ log = logging.getLogger(__name__)
 
 REASON_SKIPPED_SOURCE = "skipped_source"
 API_KEY_HEADER = "X-API-Key"
-JSON_TYPES = ("application/json",)
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 EXAMPLE_RECORD = {
     "id": "1802.01234",
@@ -243,7 +249,7 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
     )
     app.state.settings, app.state.model_source, app.state.batcher = settings, source, batcher
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
-    _add_error_handlers(app)
+    add_error_handlers(app)
 
     def parse(records: list[dict[str, Any]]) -> list[Record]:
         limit = settings.api.max_batch_records
@@ -290,24 +296,24 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
         guarded["dependencies"] = [Security(_api_key_check(api.api_key.get_secret_value()))]
 
     @app.post("/api/v1/predict", response_model=PredictResponse, responses=problems, tags=["predict"],
-              openapi_extra=_body_schema(PredictRequest, JSON_TYPES), **guarded)
+              openapi_extra=body_schema(PredictRequest, JSON_TYPES), **guarded)
     async def predict(request: Request) -> PredictResponse:
         """Classify a batch of records (coreness and arXiv categories); 422 names each bad record's index."""
-        _require_type(request, JSON_TYPES)
+        require_type(request, JSON_TYPES)
         data = parse_json(await request.body(), records_limit=api.max_batch_records)
-        body = _validated(PredictRequest, data)
+        body = validated(PredictRequest, data)
         return PredictResponse(results=await classify(parse(body.records)))
 
     @app.post("/api/predict/coreness", response_model=CorenessResponse, responses=problems,
-              tags=["inspire-classifier"], openapi_extra=_body_schema(CorenessRequest, JSON_TYPES + FORM_TYPES),
+              tags=["inspire-classifier"], openapi_extra=body_schema(CorenessRequest, JSON_TYPES + FORM_TYPES),
               **guarded)
     async def predict_coreness(request: Request) -> CorenessResponse:
         """Drop-in for the INSPIRE classifier's coreness endpoint (JSON or form-encoded title and abstract)."""
-        if _require_type(request, JSON_TYPES + FORM_TYPES) in FORM_TYPES:
-            data = await _form_fields(request)
+        if require_type(request, JSON_TYPES + FORM_TYPES) in FORM_TYPES:
+            data = await form_fields(request)
         else:
             data = parse_json(await request.body())
-        body = _validated(CorenessRequest, data)
+        body = validated(CorenessRequest, data)
         try:
             record = parse_record({"id": "request", "title": body.title, "abstract": body.abstract},
                                   max_text_chars=settings.records.max_text_chars)
@@ -345,65 +351,6 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
             return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error body is JSON with short excerpts only (never the raw input), and never a 5xx for bad input."""
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(HTTPException(422, _error_list(exc.errors())))
-
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
-
-
-def _error_list(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic/FastAPI errors without their input (only loc, type and message)."""
-    out = []
-    for error in errors:
-        loc = list(error.get("loc", ()))
-        out.append({"loc": loc if loc[:1] == ["body"] else ["body", *loc], "type": error.get("type"),
-                    "msg": error.get("msg")})
-    return out
-
-
-def _validated(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise HTTPException(422, _error_list(exc.errors(include_input=False, include_url=False))) from None
-
-
-def _require_type(request: Request, allowed: Sequence[str]) -> str:
-    """The request's media type if allowed (a missing one counts as JSON), else 415."""
-    media = request.headers.get("content-type", JSON_TYPES[0]).split(";", 1)[0].strip().lower()
-    if media not in allowed and not (media.endswith("+json") and JSON_TYPES[0] in allowed):
-        raise HTTPException(415, f"unsupported content type {safe_json(media)!r}; use {' or '.join(allowed)}")
-    return media if media in allowed else JSON_TYPES[0]
-
-
-async def _form_fields(request: Request) -> dict[str, str]:
-    """The text fields of a form body (no files); every value decoded as UTF-8."""
-    form = await request.form(max_files=0, max_fields=16)
-    fields: dict[str, str] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            raise HTTPException(400, "file uploads are not accepted")
-        fields[key] = value
-    return fields
-
-
-def _body_schema(model: type[BaseModel], media_types: Sequence[str]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its body itself (to enforce the limits first)."""
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {media: {"schema": schema} for media in media_types}}}
 
 
 def _api_key_check(expected: str) -> Any:

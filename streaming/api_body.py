@@ -5,20 +5,31 @@
 * :func:`parse_json`: strict UTF-8, strict JSON (no NaN/Infinity, no lone surrogates, no numbers that
   overflow, bounded nesting); the ``records`` array of a predict body is parsed one element at a time and
   refused with 413 as soon as it holds more than the record limit, so an oversize batch is never parsed whole.
-* :func:`safe_json`: what an error body may hold: short excerpts only, always valid JSON.
+* :func:`safe_json`: what an error body may hold: short excerpts only, always valid JSON; the FastAPI error
+  handlers, content-type check, form reading and OpenAPI body schema of endpoints that read their own body.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_SHOWN_CHARS = 300  # an error body shows at most this much of any text
 MAX_SHOWN_ITEMS = 50  # ... and at most this many list entries
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -95,6 +106,68 @@ def excerpt(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     """``text`` cut to ``limit`` characters, lone surrogates replaced by U+FFFD."""
     cut = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
     return cut.encode("utf-8", "replace").decode("utf-8") if not cut.isascii() else cut
+
+
+# --------------------------------------------------------------------------- FastAPI glue
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error body is JSON with short excerpts only (never the raw input), and never a 5xx for bad input."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(HTTPException(422, _error_list(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+def _error_list(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI errors without their input (only loc, type and message)."""
+    out = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        out.append({"loc": loc if loc[:1] == ["body"] else ["body", *loc], "type": error.get("type"),
+                    "msg": error.get("msg")})
+    return out
+
+
+def validated(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(422, _error_list(exc.errors(include_input=False, include_url=False))) from None
+
+
+def require_type(request: Request, allowed: Sequence[str]) -> str:
+    """The request's media type if allowed (a missing one counts as JSON), else 415."""
+    media = request.headers.get("content-type", JSON_TYPES[0]).split(";", 1)[0].strip().lower()
+    if media not in allowed and not (media.endswith("+json") and JSON_TYPES[0] in allowed):
+        raise HTTPException(415, f"unsupported content type {safe_json(media)!r}; use {' or '.join(allowed)}")
+    return media if media in allowed else JSON_TYPES[0]
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The text fields of a form body (no files); every value decoded as UTF-8."""
+    form = await request.form(max_files=0, max_fields=16)
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            raise HTTPException(400, "file uploads are not accepted")
+        fields[key] = value
+    return fields
+
+
+def body_schema(model: type[BaseModel], media_types: Sequence[str]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its body itself (to enforce the limits first)."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {media: {"schema": schema} for media in media_types}}}
 
 
 # --------------------------------------------------------------------------- strict JSON
