@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from config.settings import RecordSettings
 from models.records import REASON_INVALID_RECORD, ClassificationResult, Record, RecordError, parse_record
-from streaming.dead_letter import DeadLetterWriter
+from streaming.dead_letter import DeadLetterError, DeadLetterWriter
 from streaming.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
@@ -26,15 +26,17 @@ from streaming.metrics import (
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
     RECORDS_SKIPPED,
+    SINK_ERRORS,
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import Ownership, TopicPartition
-from streaming.sinks.base import Sink, backoff_delays
+from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays
 
 log = logging.getLogger(__name__)
 
 REASON_SINK_FAILED = "sink_failed"
 REASON_INFERENCE_FAILED = "inference_failed"
+UNEXPECTED = "unexpected error:"
 
 
 @dataclass(slots=True)
@@ -196,18 +198,28 @@ class InferenceStage(Stage):
         return out
 
 
+class SinkStopped(RuntimeError):
+    """A sink or the dead-letter producer failed for good, also after recreating its client: the processor stops
+    (non-zero exit) rather than retry for ever while looking healthy."""
+
+
 class SinkStage(Stage):
     """Writes results to every sink, dead-letters rejects and sink failures, confirms the dead letters.
 
-    A sink that raises :class:`SinkUnavailable` is retried (only the sinks not yet done) with growing
-    waits until it recovers; the batch is abandoned only on abort or when all its partitions are gone.
+    Failure rules (docs/processor.md): a sink that raises :class:`SinkUnavailable` is retried with growing waits
+    (only the results it has not taken yet) until it recovers, and the batch is abandoned only on abort or when
+    all its partitions are gone; a record a sink refuses (:class:`SinkFailure`) is dead-lettered and written to
+    no later sink; :class:`SinkFatal` recreates the sink's client once, and a second one stops the processor
+    (:class:`SinkStopped`); any other exception splits the batch until the record that causes it is isolated
+    and dead-lettered. Sinks that publish (the output topic) are written last, with only the results every
+    other sink took, so a record is either classified everywhere or dead-lettered.
     """
 
     def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterWriter, ownership: Ownership, *,
                  backoff_s: float, max_backoff_s: float, dlq_timeout_s: float, max_dead_letter_bytes: int,
                  on_outage: Callable[[bool], None], **kw) -> None:
         super().__init__("sinks", **kw)
-        self.sinks = list(sinks)
+        self.sinks = sorted(sinks, key=lambda sink: bool(getattr(sink, "publishes", False)))  # stable: stores first
         self.dead_letters = dead_letters
         self.ownership = ownership
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
@@ -220,21 +232,12 @@ class SinkStage(Stage):
     def handle(self, batch: Batch) -> None:
         results = [env.result for env in batch.items if env.result is not None]
         failures: dict[str, str] = {}
-        pending = list(self.sinks) if results else []
-        attempt = 0
-        while pending:
-            sink = pending[0]
-            try:
-                for failure in sink.write(results):
-                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
-                pending.pop(0)
-            except Exception as exc:  # noqa: BLE001 - SinkUnavailable or a sink bug: retry the same batch later
-                attempt += 1
-                if not self._wait_to_retry(batch, f"sink {sink.name} unavailable", exc, attempt):
-                    return
-        if attempt:
-            self.on_outage(False)
-        self._dead_letter(batch, failures)
+        for sink in self.sinks:
+            todo = [result for result in results if result.id not in failures]  # one outcome per record
+            if todo and not self._write_sink(batch, sink, todo, failures):
+                return
+        if not self._dead_letter(batch, failures):
+            return
         written = [env for env in batch.items if env.result is not None and env.result.id not in failures]
         RECORDS_CLASSIFIED.inc(len(written))
         self.classified += len(written)
@@ -243,38 +246,99 @@ class SinkStage(Stage):
             if env.timestamp_s is not None:
                 END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
 
-    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> None:
+    def _write_sink(self, batch: Batch, sink: Sink, todo: list[ClassificationResult],
+                    failures: dict[str, str]) -> bool:
+        """Write ``todo`` to one sink, noting refused records in ``failures``; False if the batch was abandoned."""
+        attempt = 0
+        recreated = False
+        while todo:
+            try:
+                for failure in self._isolate(sink, todo):
+                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
+                break
+            except SinkUnavailable as exc:
+                for failure in exc.failures:
+                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
+                done = exc.written | {failure.record_id for failure in exc.failures}
+                todo = [result for result in todo if result.id not in done]  # never re-send what got through
+                attempt += 1
+                if not self._wait_to_retry(batch, f"sink {sink.name} unavailable", exc, attempt):
+                    return False
+            except SinkFatal as exc:
+                recreated = self._recreate(f"sink {sink.name}", getattr(sink, "reset", None), exc, recreated)
+        if attempt:
+            self.on_outage(False)
+        return True
+
+    def _isolate(self, sink: Sink, results: list[ClassificationResult]) -> list[SinkFailure]:
+        """``sink.write``; an unexpected exception splits the batch in halves until the record causing it is
+        found (-> :class:`SinkFailure`). If every record fails on its own, the sink is broken: :class:`SinkFatal`."""
+        try:
+            return list(sink.write(results))
+        except (SinkUnavailable, SinkFatal):
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown: isolate the record instead of retrying for ever
+            error = f"{type(exc).__name__}: {exc}"
+            if len(results) == 1:
+                SINK_ERRORS.labels(sink=sink.name, kind="unexpected").inc()
+                log.warning("sink failed on one record", extra={"sink": sink.name, "record": results[0].id,
+                                                                "error": error})
+                return [SinkFailure(results[0].id, f"{UNEXPECTED} {error}")]
+            log.warning("sink failed on a batch; splitting it to find the record",
+                        extra={"sink": sink.name, "records": len(results), "error": error})
+            half = len(results) // 2
+            failures = self._isolate(sink, results[:half]) + self._isolate(sink, results[half:])
+            if len(failures) == len(results) and all(f.reason.startswith(UNEXPECTED) for f in failures):
+                raise SinkFatal(f"sink {sink.name} failed on every record of a batch: {error}") from exc
+            return failures
+
+    def _recreate(self, what: str, reset: Callable[[], None] | None, exc: BaseException, recreated: bool) -> bool:
+        """Recreate a client after a permanent error, once; a second permanent error stops the processor."""
+        if recreated or reset is None:
+            raise SinkStopped(f"{what} failed permanently{' after recreating its client' if recreated else ''}: "
+                              f"{exc}") from exc
+        log.error(f"{what} failed permanently; recreating its client", extra={"error": str(exc)})
+        SINK_ERRORS.labels(sink=what.removeprefix("sink "), kind="recreated").inc()
+        try:
+            reset()
+        except Exception as reset_error:  # noqa: BLE001 - cannot recreate: stop
+            raise SinkStopped(f"{what}: recreating the client failed: {reset_error}") from exc
+        return True
+
+    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> bool:
+        """Send and confirm the batch's dead letters; False if the batch was abandoned meanwhile."""
         letters = [(env, env.rejection.reason, env.rejection.message) for env in batch.items if env.rejection]
         letters += [(env, REASON_SINK_FAILED, sink_failures[env.result.id]) for env in batch.items
                     if env.result is not None and env.result.id in sink_failures]
         if not letters:
-            return
+            return True
         attempt = 0
+        recreated = False
         while True:
             try:
                 for env, reason, error in letters:
-                    value, error = self._fit(env.value, error)
                     self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
-                                           value=value, reason=reason, error=error)
+                                           value=env.value, reason=reason, error=error,
+                                           max_value_bytes=self.max_dead_letter_bytes)
                 self.dead_letters.flush(self.dlq_timeout_s)
                 break
+            except DeadLetterError as exc:
+                if exc.fatal:
+                    recreated = self._recreate("dead-letter producer", self.dead_letters.reset, exc, recreated)
+                    continue
+                attempt += 1
+                if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
+                    return False
             except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
                 attempt += 1
                 if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
-                    return
+                    return False
         if attempt:
             self.on_outage(False)
         for _, reason, _ in letters:
             RECORDS_DEAD_LETTERED.labels(reason=reason).inc()
         self.dead_lettered += len(letters)
-
-    def _fit(self, value: bytes | None, error: str) -> tuple[bytes | None, str]:
-        """Original bytes above the producer's message limit are cut to it (the header says so); a dead
-        letter that can never be produced would otherwise block its partition forever."""
-        if value is None or len(value) <= self.max_dead_letter_bytes:
-            return value, error
-        note = f" [dead-letter value truncated from {len(value)} to {self.max_dead_letter_bytes} bytes]"
-        return value[: self.max_dead_letter_bytes], error[: 4000 - len(note)] + note
+        return True
 
     def _wait_to_retry(self, batch: Batch, what: str, exc: BaseException, attempt: int) -> bool:
         """Back off before another attempt; False (batch abandoned) if its partitions are gone."""
