@@ -134,6 +134,11 @@ class SinkSettings(Section):
     output_topic_enabled: bool = True
     jsonl_path: str | None = None  # write results to this JSONL file too
     delivery_timeout_s: float = Field(30.0, gt=0)
+    # Sink batching (docs/processor.md): one sink write gathers inference batches up to these limits.
+    batch_records: int = Field(2000, ge=1)
+    batch_bytes: int = Field(5_000_000, ge=1000)  # estimated request size
+    batch_wait_ms: int = Field(20, ge=0)  # gather at most this long while input keeps coming
+    max_in_flight: int = Field(2, ge=1, le=16)  # sink writes in progress at once (commits stay in order)
 
 
 class MetricsSettings(Section):

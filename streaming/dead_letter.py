@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -132,7 +133,10 @@ class DeadLetterWriter:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every queued dead letter; raise :class:`DeadLetterError` if any failed or timed out."""
+        deadline = time.monotonic() + timeout
         self.producer.flush(timeout)
+        while self._pending and not self._errors and time.monotonic() < deadline:
+            self.producer.poll(0.01)  # a report being served by another thread polling the shared producer
         with self._lock:
             resend, self._resend = self._resend, []
         if resend:

@@ -402,8 +402,10 @@ class StreamProcessor:
         self._sink_stage = SinkStage(
             self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
             max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=self.settings.records.max_message_bytes,
-            on_outage=self._on_outage, inbox=self._sink_q, outbox=self._done_q, **common)
+            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self._on_outage,
+            group_records=self.settings.sinks.batch_records, group_bytes=self.settings.sinks.batch_bytes,
+            group_wait_ms=self.settings.sinks.batch_wait_ms, max_in_flight=self.settings.sinks.max_in_flight,
+            inbox=self._sink_q, outbox=self._done_q, **common)
         self._inference.start()
         self._sink_stage.start()
 

@@ -12,7 +12,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from config.settings import RecordSettings
@@ -30,7 +32,7 @@ from streaming.metrics import (
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import Ownership, TopicPartition
-from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays
+from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +121,21 @@ class Stage(threading.Thread):
 
     def run(self) -> None:
         try:
-            while (batch := self._get()) is not None:
-                self.on_progress()  # room in the inbox
-                self.handle(batch)
-                self.put(self.outbox, batch)
-                self.on_progress()
-            self.put(self.outbox, None)
+            self.serve()
         except StageStopped:
             log.info("pipeline stage stopped before finishing", extra={"stage": self.name})
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which stops the processor
             log.exception("pipeline stage crashed", extra={"stage": self.name})
             self.on_crash(exc)
+
+    def serve(self) -> None:
+        """One batch at a time: handle it, pass it on."""
+        while (batch := self._get()) is not None:
+            self.on_progress()  # room in the inbox
+            self.handle(batch)
+            self.put(self.outbox, batch)
+            self.on_progress()
+        self.put(self.outbox, None)
 
     def handle(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -211,40 +217,137 @@ class SinkStage(Stage):
     all its partitions are gone; a record a sink refuses (:class:`SinkFailure`) is dead-lettered and written to
     no later sink; :class:`SinkFatal` recreates the sink's client once, and a second one stops the processor
     (:class:`SinkStopped`); any other exception splits the batch until the record that causes it is isolated
-    and dead-lettered. Sinks that publish (the output topic) are written last, with only the results every
-    other sink took, so a record is either classified everywhere or dead-lettered.
+    and dead-lettered. The stores (sinks with ``stores = True``: Elasticsearch, JSONL) are written first and
+    concurrently; the other sinks (the output topic) after them, with only the results every store took, so a
+    record refused by a store is dead-lettered and never published as classified.
     """
 
     def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterWriter, ownership: Ownership, *,
                  backoff_s: float, max_backoff_s: float, dlq_timeout_s: float, max_dead_letter_bytes: int,
-                 on_outage: Callable[[bool], None], **kw) -> None:
+                 on_outage: Callable[[bool], None], group_records: int = 1, group_bytes: int = 1 << 62,
+                 group_wait_ms: float = 0, max_in_flight: int = 1, **kw) -> None:
         super().__init__("sinks", **kw)
-        self.sinks = sorted(sinks, key=lambda sink: bool(getattr(sink, "publishes", False)))  # stable: stores first
+        self.sinks = list(sinks)
+        self.stores = [sink for sink in self.sinks if getattr(sink, "stores", False)]
+        self.others = [sink for sink in self.sinks if not getattr(sink, "stores", False)]
         self.dead_letters = dead_letters
         self.ownership = ownership
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.dlq_timeout_s = dlq_timeout_s
         self.max_dead_letter_bytes = max_dead_letter_bytes
         self.on_outage = on_outage
+        self.group_records, self.group_bytes = group_records, group_bytes
+        self.group_wait_s, self.max_in_flight = group_wait_ms / 1000, max_in_flight
         self.classified = 0
         self.dead_lettered = 0
+        self._dlq_lock = threading.Lock()  # one group's dead letters are sent and confirmed at a time
+        self._store_pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ grouping (sink batching)
+
+    def serve(self) -> None:
+        """Gathers consecutive batches into one sink write (up to ``group_records`` results, ``group_bytes``
+        estimated bytes, or ``group_wait_ms`` while the input keeps coming) and keeps up to ``max_in_flight``
+        writes going at once; batches are passed on strictly in order, each once its write is complete."""
+        pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sink-write")
+        in_flight: deque[tuple[list[Batch], Batch, Future]] = deque()
+        group: list[Batch] = []
+        records = size = 0
+        opened = 0.0
+        ended = False
+        try:
+            while True:
+                if self.abort.is_set():
+                    raise StageStopped
+                self._complete(in_flight)
+                full = records >= self.group_records or size >= self.group_bytes
+                if group and len(in_flight) < self.max_in_flight and (
+                        full or ended or self.inbox.empty() or time.monotonic() - opened >= self.group_wait_s):
+                    merged = group[0] if len(group) == 1 else Batch(group[0].seq, [e for b in group for e in b.items])
+                    in_flight.append((group, merged, pool.submit(self._write, merged)))
+                    group, records, size = [], 0, 0
+                    continue
+                if ended and not group and not in_flight:
+                    break
+                if ended or full:
+                    wait([in_flight[0][2]], timeout=0.1)
+                    continue
+                try:
+                    batch = self.inbox.get(timeout=0.002 if in_flight or group else 0.1)
+                except queue.Empty:
+                    continue
+                self.on_progress()  # room in the inbox
+                if batch is None:
+                    ended = True
+                    continue
+                if not group:
+                    opened = time.monotonic()
+                group.append(batch)
+                done = [env.result for env in batch.items if env.result is not None]
+                records += len(done)
+                size += sum(result_bytes(result) for result in done)
+            self.put(self.outbox, None)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if self._store_pool is not None:
+                self._store_pool.shutdown(wait=False)
+
+    def _complete(self, in_flight: deque[tuple[list[Batch], Batch, Future]]) -> None:
+        """Pass on the batches of finished writes, oldest first; a write that raised stops the stage."""
+        while in_flight and in_flight[0][2].done():
+            group, merged, future = in_flight.popleft()
+            self._count(future.result())
+            for batch in group:
+                batch.abandoned = batch.abandoned or merged.abandoned
+                self.put(self.outbox, batch)
+            self.on_progress()
+
+    def _count(self, counts: tuple[int, int] | None) -> None:
+        if counts is not None:
+            self.classified += counts[0]
+            self.dead_lettered += counts[1]
+
+    # ------------------------------------------------------------------ one write
 
     def handle(self, batch: Batch) -> None:
+        """Write one batch (the Faust worker's way in)."""
+        self._count(self._write(batch))
+
+    def _write(self, batch: Batch) -> tuple[int, int] | None:
+        """Results to every sink, then dead letters; (classified, dead-lettered), or None if abandoned."""
         results = [env.result for env in batch.items if env.result is not None]
         failures: dict[str, str] = {}
-        for sink in self.sinks:
+        if results and not self._write_stores(batch, results, failures):
+            return None
+        for sink in self.others:
             todo = [result for result in results if result.id not in failures]  # one outcome per record
             if todo and not self._write_sink(batch, sink, todo, failures):
-                return
-        if not self._dead_letter(batch, failures):
-            return
+                return None
+        dead_lettered = self._dead_letter(batch, failures)
+        if dead_lettered is None:
+            return None
         written = [env for env in batch.items if env.result is not None and env.result.id not in failures]
         RECORDS_CLASSIFIED.inc(len(written))
-        self.classified += len(written)
         now = time.time()
         for env in written:
             if env.timestamp_s is not None:
                 END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
+        return len(written), dead_lettered
+
+    def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str]) -> bool:
+        """The stores (Elasticsearch, JSONL) take the results concurrently."""
+        if len(self.stores) <= 1:
+            return all(self._write_sink(batch, sink, results, failures) for sink in self.stores)
+        if self._store_pool is None:
+            self._store_pool = ThreadPoolExecutor(len(self.stores), thread_name_prefix="sink-store")
+        each = [{} for _ in self.stores]
+        futures = [self._store_pool.submit(self._write_sink, batch, sink, results, found)
+                   for sink, found in zip(self.stores, each, strict=True)]
+        done = [future.result() for future in futures]
+        for found in each:
+            for record_id, reason in found.items():
+                failures.setdefault(record_id, reason)
+        return all(done)
 
     def _write_sink(self, batch: Batch, sink: Sink, todo: list[ClassificationResult],
                     failures: dict[str, str]) -> bool:
@@ -305,22 +408,19 @@ class SinkStage(Stage):
             raise SinkStopped(f"{what}: recreating the client failed: {reset_error}") from exc
         return True
 
-    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> bool:
-        """Send and confirm the batch's dead letters; False if the batch was abandoned meanwhile."""
+    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> int | None:
+        """Send and confirm the batch's dead letters: how many, or None if the batch was abandoned meanwhile."""
         letters = [(env, env.rejection.reason, env.rejection.message) for env in batch.items if env.rejection]
         letters += [(env, REASON_SINK_FAILED, sink_failures[env.result.id]) for env in batch.items
                     if env.result is not None and env.result.id in sink_failures]
         if not letters:
-            return True
+            return 0
         attempt = 0
         recreated = False
         while True:
             try:
-                for env, reason, error in letters:
-                    self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
-                                           value=env.value, reason=reason, error=error,
-                                           max_value_bytes=self.max_dead_letter_bytes)
-                self.dead_letters.flush(self.dlq_timeout_s)
+                with self._dlq_lock:
+                    self._send_letters(letters)
                 break
             except DeadLetterError as exc:
                 if exc.fatal:
@@ -328,17 +428,23 @@ class SinkStage(Stage):
                     continue
                 attempt += 1
                 if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
-                    return False
+                    return None
             except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
                 attempt += 1
                 if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
-                    return False
+                    return None
         if attempt:
             self.on_outage(False)
         for _, reason, _ in letters:
             RECORDS_DEAD_LETTERED.labels(reason=reason).inc()
-        self.dead_lettered += len(letters)
-        return True
+        return len(letters)
+
+    def _send_letters(self, letters: list[tuple[Envelope, str, str]]) -> None:
+        for env, reason, error in letters:
+            self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
+                                   value=env.value, reason=reason, error=error,
+                                   max_value_bytes=self.max_dead_letter_bytes)
+        self.dead_letters.flush(self.dlq_timeout_s)
 
     def _wait_to_retry(self, batch: Batch, what: str, exc: BaseException, attempt: int) -> bool:
         """Back off before another attempt; False (batch abandoned) if its partitions are gone."""

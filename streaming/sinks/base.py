@@ -71,6 +71,11 @@ def encoded_id(result: ClassificationResult) -> bytes:
     return raw
 
 
+def result_bytes(result: ClassificationResult) -> int:
+    """A cheap estimate of a result's size in a sink request (for sink batching limits)."""
+    return 300 + 2 * len(result.id) + 48 * len(result.categories)
+
+
 def backoff_delays(retries: int, base_s: float, max_s: float) -> list[float]:
     """Exponential backoff: ``base, 2*base, 4*base, ...`` capped at ``max_s``, one delay per retry."""
     return [min(base_s * 2**attempt, max_s) for attempt in range(retries)]

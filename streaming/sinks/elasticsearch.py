@@ -117,6 +117,7 @@ class ElasticsearchSink:
     """Writes results into ``settings.elasticsearch.index``; creates the index on first use."""
 
     name = "elasticsearch"
+    stores = True  # written before the output topic, which publishes only what the stores took
 
     def __init__(self, settings: Settings, client: Elasticsearch | None = None, probe_timeout_s: float = 2.0) -> None:
         self.settings = settings
@@ -191,7 +192,8 @@ class ElasticsearchSink:
         permanent: list[SinkFailure] = []
         last_error = ""
         with ES_BULK_SECONDS.time():
-            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True)
+            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True,
+                                              chunk_size=max(500, len(actions)))  # one request per write
             for action, (ok, item) in zip(actions, outcomes, strict=False):
                 if ok:
                     continue

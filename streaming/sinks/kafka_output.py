@@ -9,6 +9,7 @@ naming the results that were delivered so that a retry does not send them again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,7 +35,6 @@ class OutputTopicSink:
     """
 
     name = "output_topic"
-    publishes = True  # written after the other sinks, with only the results they took (one outcome per record)
 
     def __init__(self, producer: Producer, topic: str, delivery_timeout_s: float = 30.0, *,
                  producer_factory: Callable[[], Producer] | None = None, probe_timeout_s: float = 5.0) -> None:
@@ -43,8 +43,13 @@ class OutputTopicSink:
         self.delivery_timeout_s = delivery_timeout_s
         self.producer_factory = producer_factory
         self.probe_timeout_s = probe_timeout_s
+        self._lock = threading.Lock()
 
     def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        with self._lock:  # one write at a time: its flush waits for its own delivery reports
+            return self._write(results)
+
+    def _write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
         outcome: dict[int, KafkaError | None] = {}  # index in results -> delivery error (None: delivered)
         failures: list[SinkFailure] = []
         deadline = time.monotonic() + self.delivery_timeout_s
@@ -76,6 +81,8 @@ class OutputTopicSink:
                 stop = SinkUnavailable(f"output topic {self.topic}: {error.str()}")
                 break
         remaining = self.producer.flush(max(deadline - time.monotonic(), 0.0)) if queued else 0
+        while not remaining and len(outcome) < queued and time.monotonic() < deadline:
+            self.producer.poll(0.01)  # a report being served by another thread polling the shared producer
         transient: list[KafkaError] = []
         for i, error in sorted(outcome.items()):
             if error is None:
