@@ -81,6 +81,30 @@ class ElasticsearchSettings(Section):
     retry_backoff_s: float = Field(0.5, gt=0)
     max_backoff_s: float = Field(30.0, gt=0)
 
+    @field_validator("index")
+    @classmethod
+    def _index_name(cls, value: str) -> str:
+        return check_index_name(value)
+
+
+_INDEX_FORBIDDEN = set('\\/*?"<>| ,#:')
+
+
+def check_index_name(name: str) -> str:
+    """Elasticsearch's rules for an index name; ``ValueError`` saying which one ``name`` breaks."""
+    if not name:
+        raise ValueError("an Elasticsearch index name must not be empty")
+    if name != name.lower():
+        raise ValueError(f"an Elasticsearch index name must be lowercase: {name!r}")
+    if bad := sorted(set(name) & _INDEX_FORBIDDEN):
+        raise ValueError(f"an Elasticsearch index name must not contain {' '.join(map(repr, bad))}: {name!r}")
+    if name[0] in "-_+" or name in (".", ".."):
+        raise ValueError(f"an Elasticsearch index name must not start with '-', '_' or '+', nor be '.' or '..': "
+                         f"{name!r}")
+    if len(name.encode("utf-8")) > 255:
+        raise ValueError(f"an Elasticsearch index name must be at most 255 bytes: {name[:40]!r}...")
+    return name
+
 
 class BatchSettings(Section):
     max_batch_records: int = Field(64, ge=1, le=100_000)
@@ -92,6 +116,7 @@ class BatchSettings(Section):
     max_retry_backoff_s: float = Field(30.0, gt=0)
     revoke_wait_s: float = Field(5.0, ge=0)  # on revoke, wait this long for in-flight batches before abandoning
     shutdown_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, finish and commit in-flight batches within this
+    stalled_after_s: float = Field(300.0, gt=0)  # /healthz fails when work waits this long with no commit
 
 
 class ModelSettings(Section):
@@ -126,12 +151,18 @@ class SinkSettings(Section):
     output_topic_enabled: bool = True
     jsonl_path: str | None = None  # write results to this JSONL file too
     delivery_timeout_s: float = Field(30.0, gt=0)
+    # Sink batching (docs/processor.md): one sink write gathers inference batches up to these limits.
+    batch_records: int = Field(2000, ge=1)
+    batch_bytes: int = Field(5_000_000, ge=1000)  # estimated request size
+    batch_wait_ms: int = Field(20, ge=0)  # gather at most this long while input keeps coming
+    max_in_flight: int = Field(2, ge=1, le=16)  # sink writes in progress at once (commits stay in order)
 
 
 class MetricsSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"  # loopback unless configured (docker-compose sets 0.0.0.0)
     port: int = Field(9108, ge=0, le=65535)  # 0 picks a free port
+    probe_timeout_s: float = Field(2.0, gt=0)  # /readyz (and each sink check) answers within this
 
 
 class ApiSettings(Section):

@@ -2,7 +2,9 @@
 
 ``/healthz`` answers 200 while the process is alive and its loop is not stuck; ``/readyz`` answers 200
 when partitions are assigned, the model is loaded and every sink's ``check()`` passes. Both return a
-small JSON body saying why (503 when not).
+small JSON body saying why (503 when not). A probe that does not answer within ``probe_timeout_s`` is
+"not ok" (its check goes on in one background thread, never one per request); an idle connection is
+closed after ``idle_timeout_s`` and at most ``max_connections`` are served at once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 # A probe returns (ok, details); details become the JSON body.
 Probe = Callable[[], tuple[bool, dict]]
 
+MAX_CONNECTIONS = 32
+
 
 def _always_ok() -> tuple[bool, dict]:
     return True, {}
@@ -38,14 +42,20 @@ class HealthServer:
         health: Probe = _always_ok,
         ready: Probe = _always_ok,
         registry: CollectorRegistry = REGISTRY,
+        probe_timeout_s: float = 2.0,
+        idle_timeout_s: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        health_probe, ready_probe = TimedProbe(health, probe_timeout_s), TimedProbe(ready, probe_timeout_s)
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
-            "/healthz": lambda: _probe_response(health),
-            "/readyz": lambda: _probe_response(ready),
+            "/healthz": lambda: _probe_response(health_probe),
+            "/readyz": lambda: _probe_response(ready_probe),
         }
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout_s  # a connection that sends nothing is closed, its thread freed
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 route = routes.get(self.path.split("?", 1)[0])
                 status, content_type, body = route() if route else (404, "text/plain", b"not found\n")
@@ -58,8 +68,7 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet access log
                 log.debug("health request: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property
@@ -81,6 +90,65 @@ class HealthServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once; more are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        if not self._slots.acquire(blocking=False):
+            log.warning("health server: too many open connections; closing a new one")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class TimedProbe:
+    """Runs ``probe`` in a background thread and waits at most ``timeout_s`` for it; a slow probe is "not ok".
+
+    While one check is still running, later calls wait on that same check instead of starting another."""
+
+    def __init__(self, probe: Probe, timeout_s: float) -> None:
+        self.probe, self.timeout_s = probe, timeout_s
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._box: dict = {}
+
+    def __call__(self) -> tuple[bool, dict]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._box = box = {}
+                self._thread = threading.Thread(target=self._run, args=(box,), name="health-probe", daemon=True)
+                self._thread.start()
+            thread, box = self._thread, self._box
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            return False, {"error": f"the check did not answer within {self.timeout_s}s"}
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _run(self, box: dict) -> None:
+        try:
+            box["result"] = self.probe()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
 
 
 def _probe_response(probe: Probe) -> tuple[int, str, bytes]:

@@ -110,7 +110,8 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 
 def produce(producer: Producer, topic: str, *, value: bytes | None, key: bytes | str | None = None,
-            headers: dict[str, str] | None = None, on_delivery: Any = None, deadline: float | None = None) -> None:
+            headers: dict[str, str] | dict[str, bytes] | None = None, on_delivery: Any = None,
+            deadline: float | None = None) -> None:
     """``producer.produce``, serving delivery reports while the local queue is full.
 
     Raises ``BufferError`` if the queue is still full at ``deadline`` (a ``time.monotonic()`` value; None waits).
@@ -124,3 +125,9 @@ def produce(producer: Producer, topic: str, *, value: bytes | None, key: bytes |
             if deadline is not None and time.monotonic() > deadline:
                 raise
             producer.poll(0.1)
+
+
+def is_fatal(error: KafkaError) -> bool:
+    """A fatal librdkafka error: the client can never produce again (e.g. an idempotence sequence error); only a
+    new client helps."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL

@@ -65,6 +65,11 @@ IN_FLIGHT_BATCHES = Gauge(
 PAUSED = Gauge("corestream_paused", "1 while consumption is paused for backpressure or a sink outage",
                registry=REGISTRY)
 COMMITS = Counter("corestream_commits_total", "Offset commits", registry=REGISTRY)
+STALLED_SINCE = Gauge(
+    "corestream_stalled_since_seconds",
+    "Unix time since which consumed work has waited with no offset commit (0: nothing waits)",
+    registry=REGISTRY,
+)
 MODEL_INFO = Info("corestream_model", "The model in service", registry=REGISTRY)
 MODEL_RELOADS = Counter(
     "corestream_model_reloads_total", "Hot-reload attempts by outcome", ["outcome"], registry=REGISTRY

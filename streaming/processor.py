@@ -31,12 +31,13 @@ from streaming.metrics import (
     IN_FLIGHT_BATCHES,
     PAUSED,
     RECORDS_CONSUMED,
+    STALLED_SINCE,
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import CommitPositions, Ownership
 from streaming.offsets import TopicPartition as TP
 from streaming.sinks.base import Sink
-from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, decode
+from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, SinkStopped, decode
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ PAUSE_AFTER_S = 1.0  # a full backlog waiting longer than this pauses the partit
 
 
 class PipelineError(RuntimeError):
-    """A pipeline thread crashed (a bug, not bad input); the processor stopped without committing further."""
+    """A pipeline thread crashed (a bug, not bad input) or a sink failed for good (:class:`SinkStopped`); the
+    processor stopped without committing further."""
 
 
 @dataclass
@@ -96,6 +98,7 @@ class StreamProcessor:
         self._pause_after_s = min(PAUSE_AFTER_S, settings.kafka.max_poll_interval_ms / 1000 / 4)
         self._at_eof: set[TP] = set()
         self._heartbeat = time.monotonic()
+        self._waiting_since: float | None = None  # wall time since which work waits with no commit
         self._commit_retry_at = 0.0
         self._lag_at = 0.0
         self._inference: InferenceStage | None = None
@@ -120,7 +123,9 @@ class StreamProcessor:
         finally:
             self._close()
         if self._crash is not None:
-            raise PipelineError(f"a pipeline thread crashed: {self._crash!r}") from self._crash
+            crash = self._crash
+            what = str(crash) if isinstance(crash, SinkStopped) else f"a pipeline thread crashed: {crash!r}"
+            raise PipelineError(what) from crash
         return self._snapshot()
 
     def abort(self) -> None:
@@ -128,10 +133,14 @@ class StreamProcessor:
         self._abort.set()
 
     def health(self) -> tuple[bool, dict]:
-        """Liveness: no crashed thread and the loop turned recently."""
+        """Liveness: no crashed thread, the loop turned recently, and work that waits has not waited longer than
+        ``batch.stalled_after_s`` without a commit."""
         age = time.monotonic() - self._heartbeat
-        ok = self._crash is None and age < STUCK_AFTER_S
-        return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None}
+        since = self._waiting_since
+        stalled_s = time.time() - since if since is not None else 0.0
+        ok = self._crash is None and age < STUCK_AFTER_S and stalled_s < self.settings.batch.stalled_after_s
+        return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None,
+                    "uncommitted_for_s": round(stalled_s, 3), "stalled_after_s": self.settings.batch.stalled_after_s}
 
     def ready(self) -> tuple[bool, dict]:
         """Readiness: partitions assigned, model loaded, every sink reachable."""
@@ -154,6 +163,7 @@ class StreamProcessor:
             if self._crash is not None:
                 return
             self._commit_completed()
+            self._track_waiting()
             self._dispatch_ready()
             self._apply_backpressure()
             if until_drained and self._drained():
@@ -298,6 +308,19 @@ class StreamProcessor:
         self.positions.mark_committed(done)
         COMMITS.inc()
         self.stats.commits += 1
+        if done:
+            self._waiting_since = None  # progress: a stall is measured from here again
+
+    def _work_waits(self) -> bool:
+        return bool(self._in_flight or self._ready or len(self.batcher) or self.positions.to_commit())
+
+    def _track_waiting(self) -> None:
+        """``corestream_stalled_since_seconds``: since when consumed work has waited with no commit."""
+        if not self._work_waits():
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = time.time()
+        STALLED_SINCE.set(self._waiting_since or 0)
 
     def _drained(self) -> bool:
         assigned = self.ownership.partitions()
@@ -379,8 +402,10 @@ class StreamProcessor:
         self._sink_stage = SinkStage(
             self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
             max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=self.settings.records.max_message_bytes,
-            on_outage=self._on_outage, inbox=self._sink_q, outbox=self._done_q, **common)
+            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self._on_outage,
+            group_records=self.settings.sinks.batch_records, group_bytes=self.settings.sinks.batch_bytes,
+            group_wait_ms=self.settings.sinks.batch_wait_ms, max_in_flight=self.settings.sinks.max_in_flight,
+            inbox=self._sink_q, outbox=self._done_q, **common)
         self._inference.start()
         self._sink_stage.start()
 
@@ -424,6 +449,7 @@ class StreamProcessor:
                 log.warning("closing the consumer failed", extra={"error": str(exc)})
         IN_FLIGHT_BATCHES.set(0)
         PAUSED.set(0)
+        STALLED_SINCE.set(0)
         stats = self._snapshot()
         log.info("processor stopped", extra=vars(stats))
 

@@ -57,7 +57,7 @@ def run(settings: Settings, *, until_drained: bool = False, create: bool = False
     health = None
     if settings.metrics.enabled:
         health = HealthServer(settings.metrics.host, settings.metrics.port, health=processor.health,
-                              ready=processor.ready).start()
+                              ready=processor.ready, probe_timeout_s=settings.metrics.probe_timeout_s).start()
     model_source.start_reloading()
     try:
         stats = processor.run(stop, until_drained=until_drained)

@@ -12,12 +12,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from config.settings import RecordSettings
 from models.records import REASON_INVALID_RECORD, ClassificationResult, Record, RecordError, parse_record
-from streaming.dead_letter import DeadLetterWriter
+from streaming.dead_letter import DeadLetterError, DeadLetterWriter
 from streaming.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
@@ -26,15 +28,17 @@ from streaming.metrics import (
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
     RECORDS_SKIPPED,
+    SINK_ERRORS,
 )
 from streaming.model_source import ModelSource
 from streaming.offsets import Ownership, TopicPartition
-from streaming.sinks.base import Sink, backoff_delays
+from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
 
 log = logging.getLogger(__name__)
 
 REASON_SINK_FAILED = "sink_failed"
 REASON_INFERENCE_FAILED = "inference_failed"
+UNEXPECTED = "unexpected error:"
 
 
 @dataclass(slots=True)
@@ -117,17 +121,21 @@ class Stage(threading.Thread):
 
     def run(self) -> None:
         try:
-            while (batch := self._get()) is not None:
-                self.on_progress()  # room in the inbox
-                self.handle(batch)
-                self.put(self.outbox, batch)
-                self.on_progress()
-            self.put(self.outbox, None)
+            self.serve()
         except StageStopped:
             log.info("pipeline stage stopped before finishing", extra={"stage": self.name})
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which stops the processor
             log.exception("pipeline stage crashed", extra={"stage": self.name})
             self.on_crash(exc)
+
+    def serve(self) -> None:
+        """One batch at a time: handle it, pass it on."""
+        while (batch := self._get()) is not None:
+            self.on_progress()  # room in the inbox
+            self.handle(batch)
+            self.put(self.outbox, batch)
+            self.on_progress()
+        self.put(self.outbox, None)
 
     def handle(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -196,85 +204,247 @@ class InferenceStage(Stage):
         return out
 
 
+class SinkStopped(RuntimeError):
+    """A sink or the dead-letter producer failed for good, also after recreating its client: the processor stops
+    (non-zero exit) rather than retry for ever while looking healthy."""
+
+
 class SinkStage(Stage):
     """Writes results to every sink, dead-letters rejects and sink failures, confirms the dead letters.
 
-    A sink that raises :class:`SinkUnavailable` is retried (only the sinks not yet done) with growing
-    waits until it recovers; the batch is abandoned only on abort or when all its partitions are gone.
+    Failure rules (docs/processor.md): a sink that raises :class:`SinkUnavailable` is retried with growing waits
+    (only the results it has not taken yet) until it recovers, and the batch is abandoned only on abort or when
+    all its partitions are gone; a record a sink refuses (:class:`SinkFailure`) is dead-lettered and written to
+    no later sink; :class:`SinkFatal` recreates the sink's client once, and a second one stops the processor
+    (:class:`SinkStopped`); any other exception splits the batch until the record that causes it is isolated
+    and dead-lettered. The stores (sinks with ``stores = True``: Elasticsearch, JSONL) are written first and
+    concurrently; the other sinks (the output topic) after them, with only the results every store took, so a
+    record refused by a store is dead-lettered and never published as classified.
     """
 
     def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterWriter, ownership: Ownership, *,
                  backoff_s: float, max_backoff_s: float, dlq_timeout_s: float, max_dead_letter_bytes: int,
-                 on_outage: Callable[[bool], None], **kw) -> None:
+                 on_outage: Callable[[bool], None], group_records: int = 1, group_bytes: int = 1 << 62,
+                 group_wait_ms: float = 0, max_in_flight: int = 1, **kw) -> None:
         super().__init__("sinks", **kw)
         self.sinks = list(sinks)
+        self.stores = [sink for sink in self.sinks if getattr(sink, "stores", False)]
+        self.others = [sink for sink in self.sinks if not getattr(sink, "stores", False)]
         self.dead_letters = dead_letters
         self.ownership = ownership
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.dlq_timeout_s = dlq_timeout_s
         self.max_dead_letter_bytes = max_dead_letter_bytes
         self.on_outage = on_outage
+        self.group_records, self.group_bytes = group_records, group_bytes
+        self.group_wait_s, self.max_in_flight = group_wait_ms / 1000, max_in_flight
         self.classified = 0
         self.dead_lettered = 0
+        self._dlq_lock = threading.Lock()  # one group's dead letters are sent and confirmed at a time
+        self._store_pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ grouping (sink batching)
+
+    def serve(self) -> None:
+        """Gathers consecutive batches into one sink write (up to ``group_records`` results, ``group_bytes``
+        estimated bytes, or ``group_wait_ms`` while the input keeps coming) and keeps up to ``max_in_flight``
+        writes going at once; batches are passed on strictly in order, each once its write is complete."""
+        pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sink-write")
+        in_flight: deque[tuple[list[Batch], Batch, Future]] = deque()
+        group: list[Batch] = []
+        records = size = 0
+        opened = 0.0
+        ended = False
+        try:
+            while True:
+                if self.abort.is_set():
+                    raise StageStopped
+                self._complete(in_flight)
+                full = records >= self.group_records or size >= self.group_bytes
+                if group and len(in_flight) < self.max_in_flight and (
+                        full or ended or self.inbox.empty() or time.monotonic() - opened >= self.group_wait_s):
+                    merged = group[0] if len(group) == 1 else Batch(group[0].seq, [e for b in group for e in b.items])
+                    in_flight.append((group, merged, pool.submit(self._write, merged)))
+                    group, records, size = [], 0, 0
+                    continue
+                if ended and not group and not in_flight:
+                    break
+                if ended or full:
+                    wait([in_flight[0][2]], timeout=0.1)
+                    continue
+                try:
+                    batch = self.inbox.get(timeout=0.002 if in_flight or group else 0.1)
+                except queue.Empty:
+                    continue
+                self.on_progress()  # room in the inbox
+                if batch is None:
+                    ended = True
+                    continue
+                if not group:
+                    opened = time.monotonic()
+                group.append(batch)
+                done = [env.result for env in batch.items if env.result is not None]
+                records += len(done)
+                size += sum(result_bytes(result) for result in done)
+            self.put(self.outbox, None)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if self._store_pool is not None:
+                self._store_pool.shutdown(wait=False)
+
+    def _complete(self, in_flight: deque[tuple[list[Batch], Batch, Future]]) -> None:
+        """Pass on the batches of finished writes, oldest first; a write that raised stops the stage."""
+        while in_flight and in_flight[0][2].done():
+            group, merged, future = in_flight.popleft()
+            self._count(future.result())
+            for batch in group:
+                batch.abandoned = batch.abandoned or merged.abandoned
+                self.put(self.outbox, batch)
+            self.on_progress()
+
+    def _count(self, counts: tuple[int, int] | None) -> None:
+        if counts is not None:
+            self.classified += counts[0]
+            self.dead_lettered += counts[1]
+
+    # ------------------------------------------------------------------ one write
 
     def handle(self, batch: Batch) -> None:
+        """Write one batch (the Faust worker's way in)."""
+        self._count(self._write(batch))
+
+    def _write(self, batch: Batch) -> tuple[int, int] | None:
+        """Results to every sink, then dead letters; (classified, dead-lettered), or None if abandoned."""
         results = [env.result for env in batch.items if env.result is not None]
         failures: dict[str, str] = {}
-        pending = list(self.sinks) if results else []
-        attempt = 0
-        while pending:
-            sink = pending[0]
-            try:
-                for failure in sink.write(results):
-                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
-                pending.pop(0)
-            except Exception as exc:  # noqa: BLE001 - SinkUnavailable or a sink bug: retry the same batch later
-                attempt += 1
-                if not self._wait_to_retry(batch, f"sink {sink.name} unavailable", exc, attempt):
-                    return
-        if attempt:
-            self.on_outage(False)
-        self._dead_letter(batch, failures)
+        if results and not self._write_stores(batch, results, failures):
+            return None
+        for sink in self.others:
+            todo = [result for result in results if result.id not in failures]  # one outcome per record
+            if todo and not self._write_sink(batch, sink, todo, failures):
+                return None
+        dead_lettered = self._dead_letter(batch, failures)
+        if dead_lettered is None:
+            return None
         written = [env for env in batch.items if env.result is not None and env.result.id not in failures]
         RECORDS_CLASSIFIED.inc(len(written))
-        self.classified += len(written)
         now = time.time()
         for env in written:
             if env.timestamp_s is not None:
                 END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
+        return len(written), dead_lettered
 
-    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> None:
+    def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str]) -> bool:
+        """The stores (Elasticsearch, JSONL) take the results concurrently."""
+        if len(self.stores) <= 1:
+            return all(self._write_sink(batch, sink, results, failures) for sink in self.stores)
+        if self._store_pool is None:
+            self._store_pool = ThreadPoolExecutor(len(self.stores), thread_name_prefix="sink-store")
+        each = [{} for _ in self.stores]
+        futures = [self._store_pool.submit(self._write_sink, batch, sink, results, found)
+                   for sink, found in zip(self.stores, each, strict=True)]
+        done = [future.result() for future in futures]
+        for found in each:
+            for record_id, reason in found.items():
+                failures.setdefault(record_id, reason)
+        return all(done)
+
+    def _write_sink(self, batch: Batch, sink: Sink, todo: list[ClassificationResult],
+                    failures: dict[str, str]) -> bool:
+        """Write ``todo`` to one sink, noting refused records in ``failures``; False if the batch was abandoned."""
+        attempt = 0
+        recreated = False
+        while todo:
+            try:
+                for failure in self._isolate(sink, todo):
+                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
+                break
+            except SinkUnavailable as exc:
+                for failure in exc.failures:
+                    failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
+                done = exc.written | {failure.record_id for failure in exc.failures}
+                todo = [result for result in todo if result.id not in done]  # never re-send what got through
+                attempt += 1
+                if not self._wait_to_retry(batch, f"sink {sink.name} unavailable", exc, attempt):
+                    return False
+            except SinkFatal as exc:
+                recreated = self._recreate(f"sink {sink.name}", getattr(sink, "reset", None), exc, recreated)
+        if attempt:
+            self.on_outage(False)
+        return True
+
+    def _isolate(self, sink: Sink, results: list[ClassificationResult]) -> list[SinkFailure]:
+        """``sink.write``; an unexpected exception splits the batch in halves until the record causing it is
+        found (-> :class:`SinkFailure`). If every record fails on its own, the sink is broken: :class:`SinkFatal`."""
+        try:
+            return list(sink.write(results))
+        except (SinkUnavailable, SinkFatal):
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown: isolate the record instead of retrying for ever
+            error = f"{type(exc).__name__}: {exc}"
+            if len(results) == 1:
+                SINK_ERRORS.labels(sink=sink.name, kind="unexpected").inc()
+                log.warning("sink failed on one record", extra={"sink": sink.name, "record": results[0].id,
+                                                                "error": error})
+                return [SinkFailure(results[0].id, f"{UNEXPECTED} {error}")]
+            log.warning("sink failed on a batch; splitting it to find the record",
+                        extra={"sink": sink.name, "records": len(results), "error": error})
+            half = len(results) // 2
+            failures = self._isolate(sink, results[:half]) + self._isolate(sink, results[half:])
+            if len(failures) == len(results) and all(f.reason.startswith(UNEXPECTED) for f in failures):
+                raise SinkFatal(f"sink {sink.name} failed on every record of a batch: {error}") from exc
+            return failures
+
+    def _recreate(self, what: str, reset: Callable[[], None] | None, exc: BaseException, recreated: bool) -> bool:
+        """Recreate a client after a permanent error, once; a second permanent error stops the processor."""
+        if recreated or reset is None:
+            raise SinkStopped(f"{what} failed permanently{' after recreating its client' if recreated else ''}: "
+                              f"{exc}") from exc
+        log.error(f"{what} failed permanently; recreating its client", extra={"error": str(exc)})
+        SINK_ERRORS.labels(sink=what.removeprefix("sink "), kind="recreated").inc()
+        try:
+            reset()
+        except Exception as reset_error:  # noqa: BLE001 - cannot recreate: stop
+            raise SinkStopped(f"{what}: recreating the client failed: {reset_error}") from exc
+        return True
+
+    def _dead_letter(self, batch: Batch, sink_failures: dict[str, str]) -> int | None:
+        """Send and confirm the batch's dead letters: how many, or None if the batch was abandoned meanwhile."""
         letters = [(env, env.rejection.reason, env.rejection.message) for env in batch.items if env.rejection]
         letters += [(env, REASON_SINK_FAILED, sink_failures[env.result.id]) for env in batch.items
                     if env.result is not None and env.result.id in sink_failures]
         if not letters:
-            return
+            return 0
         attempt = 0
+        recreated = False
         while True:
             try:
-                for env, reason, error in letters:
-                    value, error = self._fit(env.value, error)
-                    self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
-                                           value=value, reason=reason, error=error)
-                self.dead_letters.flush(self.dlq_timeout_s)
+                with self._dlq_lock:
+                    self._send_letters(letters)
                 break
+            except DeadLetterError as exc:
+                if exc.fatal:
+                    recreated = self._recreate("dead-letter producer", self.dead_letters.reset, exc, recreated)
+                    continue
+                attempt += 1
+                if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
+                    return None
             except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
                 attempt += 1
                 if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
-                    return
+                    return None
         if attempt:
             self.on_outage(False)
         for _, reason, _ in letters:
             RECORDS_DEAD_LETTERED.labels(reason=reason).inc()
-        self.dead_lettered += len(letters)
+        return len(letters)
 
-    def _fit(self, value: bytes | None, error: str) -> tuple[bytes | None, str]:
-        """Original bytes above the producer's message limit are cut to it (the header says so); a dead
-        letter that can never be produced would otherwise block its partition forever."""
-        if value is None or len(value) <= self.max_dead_letter_bytes:
-            return value, error
-        note = f" [dead-letter value truncated from {len(value)} to {self.max_dead_letter_bytes} bytes]"
-        return value[: self.max_dead_letter_bytes], error[: 4000 - len(note)] + note
+    def _send_letters(self, letters: list[tuple[Envelope, str, str]]) -> None:
+        for env, reason, error in letters:
+            self.dead_letters.send(topic=env.topic, partition=env.partition, offset=env.offset, key=env.key,
+                                   value=env.value, reason=reason, error=error,
+                                   max_value_bytes=self.max_dead_letter_bytes)
+        self.dead_letters.flush(self.dlq_timeout_s)
 
     def _wait_to_retry(self, batch: Batch, what: str, exc: BaseException, attempt: int) -> bool:
         """Back off before another attempt; False (batch abandoned) if its partitions are gone."""

@@ -2,8 +2,10 @@
 
 Retries whole-request failures (connection errors, timeouts, 429 and 5xx) and transient per-item failures
 (429, 5xx, 409) with exponential backoff; other per-item errors (e.g. a mapping conflict) cannot succeed on
-retry and come back at once as :class:`SinkFailure`. Still failing after ``max_retries``: the transient
-items become failures, or, if the cluster itself did not answer, :class:`SinkUnavailable`.
+retry and come back at once as :class:`SinkFailure`, as does a result whose id cannot be a document id.
+Still failing after ``max_retries``: the transient items become failures, or, if the cluster itself did not
+answer, :class:`SinkUnavailable`. A whole request refused with another 4xx (bad index name, no permission)
+cannot succeed on retry: :class:`SinkFatal`; 413 (request too large) splits the batch instead.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportErr
 from config.settings import ElasticsearchSettings, Settings
 from models.records import ClassificationResult
 from streaming.metrics import ES_BULK_SECONDS, SINK_ERRORS
-from streaming.sinks.base import SinkFailure, SinkUnavailable, backoff_delays
+from streaming.sinks.base import SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, encoded_id
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+REQUEST_TRANSIENT_STATUS = TRANSIENT_STATUS | {408}  # a whole request refused with these is retried
+TOO_LARGE = 413
 
 INDEX_MAPPINGS: dict[str, Any] = {
     "dynamic": True,  # the document may hold the record itself; only the classification is typed here
@@ -113,14 +117,40 @@ class ElasticsearchSink:
     """Writes results into ``settings.elasticsearch.index``; creates the index on first use."""
 
     name = "elasticsearch"
+    stores = True  # written before the output topic, which publishes only what the stores took
 
-    def __init__(self, settings: Settings, client: Elasticsearch | None = None) -> None:
+    def __init__(self, settings: Settings, client: Elasticsearch | None = None, probe_timeout_s: float = 2.0) -> None:
+        self.settings = settings
         self.config = settings.elasticsearch
         self.index = self.config.index
         self.client = client or es_client(settings)
+        self.probe_timeout_s = probe_timeout_s
         self._index_ready = False
 
     def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        failures: list[SinkFailure] = []
+        writable: list[ClassificationResult] = []
+        for result in results:
+            try:
+                encoded_id(result)
+                writable.append(result)
+            except ValueError as exc:
+                SINK_ERRORS.labels(sink=self.name, kind="item").inc()
+                failures.append(SinkFailure(result.id, f"cannot be an Elasticsearch document id: {exc}"))
+        if not writable:
+            return failures
+        try:
+            return failures + self._write(writable)
+        except ApiError as exc:
+            if exc.status_code != TOO_LARGE:
+                raise
+        if len(writable) == 1:  # one document larger than the cluster accepts
+            SINK_ERRORS.labels(sink=self.name, kind="item").inc()
+            return failures + [SinkFailure(writable[0].id, "Elasticsearch refused the document as too large (413)")]
+        half = len(writable) // 2
+        return failures + self.write(writable[:half]) + self.write(writable[half:])
+
+    def _write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
         pending = [update_action(self.index, result) for result in results]
         failures: list[SinkFailure] = []
         delays = backoff_delays(self.config.max_retries, self.config.retry_backoff_s, self.config.max_backoff_s)
@@ -131,9 +161,12 @@ class ElasticsearchSink:
                 pending, permanent, last_error = self._bulk(pending)
                 cluster_down = False
             except (TransportError, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status_code not in TRANSIENT_STATUS:
+                if isinstance(exc, ApiError) and exc.status_code == TOO_LARGE:
+                    raise
+                if isinstance(exc, ApiError) and exc.status_code not in REQUEST_TRANSIENT_STATUS:
                     SINK_ERRORS.labels(sink=self.name, kind="request").inc()
-                    raise SinkUnavailable(f"Elasticsearch refused the bulk request: {exc}") from exc
+                    raise SinkFatal(f"Elasticsearch refused the request to index {self.index!r} "
+                                    f"(HTTP {exc.status_code}): {exc}") from exc
                 cluster_down, last_error = True, f"{type(exc).__name__}: {exc}"
                 SINK_ERRORS.labels(sink=self.name, kind="retried").inc()
                 log.warning("Elasticsearch bulk failed, will retry",
@@ -159,7 +192,8 @@ class ElasticsearchSink:
         permanent: list[SinkFailure] = []
         last_error = ""
         with ES_BULK_SECONDS.time():
-            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True)
+            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True,
+                                              chunk_size=max(500, len(actions)))  # one request per write
             for action, (ok, item) in zip(actions, outcomes, strict=False):
                 if ok:
                     continue
@@ -174,7 +208,20 @@ class ElasticsearchSink:
         return retry, permanent, last_error
 
     def check(self) -> bool:
-        return bool(self.client.ping())
+        """A ping that gives up after ``probe_timeout_s`` (a cluster that accepts but never answers is not ready)."""
+        try:
+            return bool(self.client.options(request_timeout=self.probe_timeout_s).ping())
+        except Exception:  # noqa: BLE001 - any failure to answer is "not ready"
+            return False
+
+    def reset(self) -> None:
+        """A new client (after :class:`SinkFatal`); the index is checked again on the next write."""
+        old, self.client = self.client, es_client(self.settings)
+        self._index_ready = False
+        try:
+            old.close()
+        except Exception as exc:  # noqa: BLE001 - the old client may be broken; it is dropped either way
+            log.debug("closing the old Elasticsearch client failed", extra={"error": str(exc)})
 
     def close(self) -> None:
         self.client.close()

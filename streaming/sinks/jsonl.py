@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,25 +16,42 @@ class JsonlSink:
     """Appends ``result.model_dump_json()`` lines to ``path`` (created with its parent directory)."""
 
     name = "jsonl"
+    stores = True  # written before the output topic, which publishes only what the stores took
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
 
     def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
-        lines = "".join(result.model_dump_json() + "\n" for result in results)
+        lines: list[str] = []
+        failures: list[SinkFailure] = []
+        for result in results:
+            try:
+                line = result.model_dump_json() + "\n"
+                line.encode("utf-8")  # what the file's encoding would refuse half-way through a write
+                lines.append(line)
+            except ValueError as exc:  # UnicodeEncodeError, PydanticSerializationError
+                SINK_ERRORS.labels(sink=self.name, kind="serialise").inc()
+                failures.append(SinkFailure(result.id, f"cannot serialise the result: {type(exc).__name__}: {exc}"))
         try:
-            self._file.write(lines)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with self._lock:  # writes from concurrent sink groups must not interleave
+                self._file.write("".join(lines))
+                self._file.flush()
+                os.fsync(self._file.fileno())
         except OSError as exc:
             SINK_ERRORS.labels(sink=self.name, kind="io").inc()
             raise SinkUnavailable(f"cannot write {self.path}: {exc}") from exc
-        return []
+        return failures
 
     def check(self) -> bool:
         return not self._file.closed and os.access(self.path, os.W_OK)
+
+    def reset(self) -> None:
+        """Reopen the file (after :class:`SinkFatal`)."""
+        self._file.close()
+        self._file = self.path.open("a", encoding="utf-8")
 
     def close(self) -> None:
         self._file.close()
