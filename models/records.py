@@ -168,11 +168,13 @@ def parse_record(
     max_bytes: int | None = None,
 ) -> Record:
     """Validate and normalise one record of either shape."""
-    if isinstance(data, bytes | bytearray):
+    if type(data) is bytes:  # the hot path (Kafka values, backfill lines): no conversion
+        data = decode_message(data, max_bytes)
+    elif isinstance(data, bytes | bytearray):
         data = decode_message(bytes(data), max_bytes)
     elif isinstance(data, str):
         data = decode_message(data.encode("utf-8", "surrogatepass"), max_bytes)  # a lone surrogate: not_utf8
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise RecordError(REASON_INVALID_RECORD, f"record must be a JSON object, got {_json_type(data)}")
     record = _from_inspire(data) if _is_inspire(data) else _from_flat(data)
     size = len(record.title) + len(record.abstract)
@@ -185,7 +187,7 @@ def parse_record(
 
 
 def _is_inspire(data: Mapping[str, Any]) -> bool:
-    return any(key in data for key in ("control_number", "titles", "abstracts", "arxiv_eprints"))
+    return "control_number" in data or "titles" in data or "abstracts" in data or "arxiv_eprints" in data
 
 
 def _json_type(value: Any) -> str:
@@ -254,9 +256,16 @@ def _string_list(value: Any, field: str) -> list[str]:
         return []
     if isinstance(value, str):  # arXiv snapshot style: "hep-th gr-qc"
         return _valid_unicode(value).split()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _invalid(f"field '{field}' must be a list of strings or a space-separated string")
-    return [_valid_unicode(v.strip()) for v in value if v.strip()]
+    if isinstance(value, list):
+        items = []
+        for item in value:
+            if type(item) is not str:
+                break
+            if item := item.strip():
+                items.append(item if item.isascii() else _valid_unicode(item))
+        else:
+            return items
+    raise _invalid(f"field '{field}' must be a list of strings or a space-separated string")
 
 
 def _optional_str(value: Any, field: str) -> str | None:
