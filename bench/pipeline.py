@@ -5,7 +5,10 @@ One run, one model, one batch size:
 (a) model only: ``Predictor.predict_batch`` over in-memory records, batch by batch;
 (b) the full pipeline: a pre-filled topic -> StreamProcessor -> Elasticsearch + output topic acknowledged;
 (c) the per-record pipeline: the same with ``max_batch_records=1`` (one request, one record, one commit);
-then the end-to-end latency (produce -> every sink acknowledged) at a fixed produce rate.
+then the end-to-end latency (produce -> every sink acknowledged) at half load: a produce rate of half the
+throughput of (b) (or ``--rate``). With ``--json`` the figures come last as one JSON object: ``model_rps`` (a),
+``pipeline_rps`` (b), ``efficiency`` (b/a), ``per_record_rps`` (c), ``batching_gain`` (b/c),
+``latency_p50_ms``/``latency_p99_ms`` and the rate they were taken at.
 
 Kafka is an embedded Tansu broker (streaming/embedded.py), Elasticsearch is noida-db (tests/servers.py).
 Throughput of (b) and (c) is measured between the first and the last sink acknowledgement, so the
@@ -13,12 +16,14 @@ consumer-group join is not counted.
 
     python bench/pipeline.py                         # bag demo model, generated records
     python bench/pipeline.py --model artifacts/model --data ../shared/data/arxiv-valid-2018.jsonl.gz
+    python bench/pipeline.py --json | tail -1 | jq .efficiency
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import logging
 import os
 import sys
@@ -196,6 +201,15 @@ def latency(settings: Settings, records: Sequence[Record], rate: float, timeout_
     return np.array([probe.acked[rid] - t for rid, t in sent.items()])
 
 
+def repeat_records(records: Sequence[Record], count: int) -> list[Record]:
+    """``count`` records cycling through ``records``, ids made unique (``-r1``, ``-r2``... on each repeat)."""
+    out = list(records[:count])
+    while len(out) < count:
+        n = len(out) // len(records)
+        out += [r.model_copy(update={"id": f"{r.id}-r{n}"}) for r in records[:count - len(out)]]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="artifacts/demo-model", help="checkpoint (trained if it is the demo's)")
@@ -203,9 +217,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=5000, help="records for (a) and (b)")
     parser.add_argument("--per-record", type=int, default=500, help="records for (c), batch size 1")
     parser.add_argument("--batch", type=int, default=64, help="micro-batch size for (a) and (b)")
-    parser.add_argument("--rate", type=float, default=100.0, help="produce rate for the latency run (records/s)")
+    parser.add_argument("--rate", type=float, help="produce rate for the latency run (records/s; default: half of "
+                                                   "the pipeline's throughput (b), i.e. at half load)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the figures, last")
     args = parser.parse_args()
     setup_logging("WARNING", "text")
     base = load_settings()
@@ -213,8 +229,7 @@ def main() -> None:
         from streaming.demo import ensure_model
 
         ensure_model(Path(args.model), 1500, retrain=False)
-    latency_count = int(args.rate * args.latency_seconds)
-    records = load_records(args.data, max(args.records, latency_count + 1), seed=1)
+    records = load_records(args.data, args.records, seed=1)
     print(f"model {args.model}; {len(records)} records ({args.data or 'generated sample'}); batch {args.batch}; "
           f"max_wait_ms {base.batch.max_wait_ms}; partitions {base.kafka.partitions}")
 
@@ -222,22 +237,34 @@ def main() -> None:
         def settings_for(batch: int) -> Settings:
             return bench_settings(base, broker.bootstrap, noida.es_url, args.model, batch)
 
-        a = model_only(settings_for(args.batch), records[:args.records], args.batch)
+        a = model_only(settings_for(args.batch), records, args.batch)
         print(f"(a) model only:          {a:8.0f} records/s  (best of 5 passes)")
-        b, b_stages = pipeline_throughput(settings_for(args.batch), records[:args.records], args.timeout)
+        b, b_stages = pipeline_throughput(settings_for(args.batch), records, args.timeout)
         print(f"(b) pipeline, batch {args.batch:<4} {b:8.0f} records/s  (Kafka -> model -> ES + topic -> commit; "
               f"{b_stages})")
         c, c_stages = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout)
         print(f"(c) pipeline, batch 1:    {c:8.0f} records/s  (one record per request; {c_stages})")
         print(f"b/a pipeline efficiency:  {b / a:8.2f}")
         print(f"b/c micro-batching gain:  {b / c:8.2f}")
-        lat = latency(settings_for(args.batch), records[:latency_count + 1], args.rate, args.timeout)
+        rate = args.rate or b / 2
+        timed = repeat_records(records, int(rate * args.latency_seconds) + 1)
+        lat = latency(settings_for(args.batch), timed, rate, args.timeout)
         p50, p99 = np.percentile(lat, [50, 99]) * 1000
-        print(f"latency at {args.rate:.0f} records/s for {args.latency_seconds:.0f} s (batch {args.batch}): "
+        print(f"latency at {rate:.0f} records/s for {args.latency_seconds:.0f} s (batch {args.batch}): "
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat.max() * 1000:.0f} ms")
-    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+    load = os.getloadavg()
+    print(f"load average {' '.join(f'{x:.1f}' for x in load)} on {os.cpu_count()} CPUs "
           "(figures from a shared machine vary between runs)")
     logging.shutdown()
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "data": args.data or "generated sample", "records": len(records),
+            "batch": args.batch, "model_rps": round(a, 1), "pipeline_rps": round(b, 1),
+            "efficiency": round(b / a, 3), "per_record_rps": round(c, 1), "batching_gain": round(b / c, 2),
+            "latency_rate_rps": round(rate, 1), "latency_p50_ms": round(float(p50), 1),
+            "latency_p99_ms": round(float(p99), 1), "latency_max_ms": round(float(lat.max()) * 1000, 1),
+            "load_average_1m": round(load[0], 2), "cpus": os.cpu_count(),
+        }))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,24 @@ Two input shapes are accepted and normalised to one :class:`Record`:
 * flat records: ``id``, ``title``, ``abstract``, optional ``categories``, ``source``, ``coreness``.
 
 Bad input raises :class:`RecordError`, whose ``reason`` is a short machine-readable code (used for the
-dead-letter topic and metrics) and whose message says precisely what is wrong.
+dead-letter topic and metrics) and whose message says precisely what is wrong. Error messages never quote
+input verbatim where it could hold characters that cannot be encoded (lone surrogates): they quote with
+``repr``-style escapes or not at all.
+
+Input rules (docs/sinks-and-ops.md, "Input rules"): JSON as orjson reads it (RFC 8259; nesting at most 1024
+deep; numbers within double range; no NaN/Infinity; no byte order mark), ids checked by :func:`_record_id`,
+lone surrogates replaced by U+FFFD in every text field but the id.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
 
 CORENESS_LABELS: tuple[str, ...] = ("core", "non_core", "rejected")
@@ -30,6 +38,12 @@ REASON_NOT_UTF8 = "not_utf8"
 REASON_INVALID_JSON = "invalid_json"
 REASON_INVALID_RECORD = "invalid_record"
 REASON_OVERSIZE = "oversize"
+REASON_INVALID_ID = "invalid_id"
+
+MAX_ID_BYTES = 512  # Elasticsearch's limit for a document _id
+# Refused in ids: C0 and C1 control characters, DEL, the line and paragraph separators, lone surrogates.
+_ID_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RecordError(ValueError):
@@ -97,19 +111,55 @@ class ClassificationResult(BaseModel):
 
 def decode_message(value: bytes | None, max_bytes: int | None = None) -> Any:
     """Bytes from Kafka -> JSON value, or :class:`RecordError`."""
-    if value is None or len(value) == 0 or not value.strip():
+    if not value or value.isspace():
         raise RecordError(REASON_EMPTY, "message is empty")
     if max_bytes is not None and len(value) > max_bytes:
         raise RecordError(REASON_OVERSIZE, f"message is {len(value)} bytes, above the limit of {max_bytes}")
     try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(REASON_NOT_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if "surrogate" in error.msg:
+        return _loads_with_lone_surrogates(text, error)
+    raise RecordError(REASON_INVALID_JSON, f"message is not JSON: {error}") from None
+
+
+def _loads_with_lone_surrogates(text: str, error: orjson.JSONDecodeError) -> Any:
+    """JSON whose strings hold an escaped lone surrogate (``"\\ud800"``): grammatical JSON, but not Unicode, so
+    orjson refuses it. The standard library reads it (the record rules then refuse such an id and replace the
+    surrogate elsewhere) under the fast path's limits: depth, finite numbers, integers as orjson reads them."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int_as_orjson)
     except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise RecordError(REASON_INVALID_JSON, f"message is not JSON: {exc.msg} at {where}") from None
+        problem = f"{exc.msg}: line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    except RecursionError:
+        problem = "depth limit exceeded"
+    except ValueError as exc:
+        problem = str(exc)
+    raise RecordError(REASON_INVALID_JSON, f"message is not JSON: {problem}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+def _int_as_orjson(text: str) -> int | float:
+    """Integers beyond 64 bits become doubles, as orjson reads them."""
+    if len(text) > 21:  # not below -2**63 nor above 2**64: don't convert thousands of digits
+        return _finite_float(text)
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 def parse_record(
@@ -118,11 +168,13 @@ def parse_record(
     max_bytes: int | None = None,
 ) -> Record:
     """Validate and normalise one record of either shape."""
-    if isinstance(data, bytes | bytearray):
+    if type(data) is bytes:  # the hot path (Kafka values, backfill lines): no conversion
+        data = decode_message(data, max_bytes)
+    elif isinstance(data, bytes | bytearray):
         data = decode_message(bytes(data), max_bytes)
     elif isinstance(data, str):
-        data = decode_message(data.encode("utf-8"), max_bytes)
-    if not isinstance(data, Mapping):
+        data = decode_message(data.encode("utf-8", "surrogatepass"), max_bytes)  # a lone surrogate: not_utf8
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise RecordError(REASON_INVALID_RECORD, f"record must be a JSON object, got {_json_type(data)}")
     record = _from_inspire(data) if _is_inspire(data) else _from_flat(data)
     size = len(record.title) + len(record.abstract)
@@ -135,7 +187,7 @@ def parse_record(
 
 
 def _is_inspire(data: Mapping[str, Any]) -> bool:
-    return any(key in data for key in ("control_number", "titles", "abstracts", "arxiv_eprints"))
+    return "control_number" in data or "titles" in data or "abstracts" in data or "arxiv_eprints" in data
 
 
 def _json_type(value: Any) -> str:
@@ -148,15 +200,45 @@ def _invalid(message: str) -> RecordError:
     return RecordError(REASON_INVALID_RECORD, message)
 
 
+def _invalid_id(message: str) -> RecordError:
+    return RecordError(REASON_INVALID_ID, message)
+
+
 def _record_id(value: Any, field: str) -> str:
-    if value is None:
+    """The record's id: a string, or an integer meaning its decimal text (``5`` and ``"5"`` are one record).
+
+    Refused, never repaired (two ids that differ must not silently become one document): empty ids, leading or
+    trailing whitespace, control characters, line/paragraph separators, lone surrogates, more than
+    :data:`MAX_ID_BYTES` bytes of UTF-8."""
+    if value is None:  # a missing field, like any other: invalid_record
         raise _invalid(f"missing required field '{field}'")
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _invalid(f"field '{field}' must be a string or integer, got {_json_type(value)}")
-    text = str(value).strip()
+        kind = "a non-integer number (or an integer beyond 64 bits)" if isinstance(value, float) else _json_type(value)
+        raise _invalid_id(f"field '{field}' must be a string or integer, got {kind}")
+    text = value if isinstance(value, str) else str(value)
     if not text:
-        raise _invalid(f"field '{field}' is empty")
+        raise _invalid_id(f"field '{field}' is empty")
+    if not text.isascii() or not text.isprintable():
+        bad = _ID_FORBIDDEN.search(text)
+        if bad is not None:
+            raise _invalid_id(f"field '{field}' contains {ascii(bad.group())} at character {bad.start()} "
+                              "(control characters, line separators and lone surrogates are not allowed in ids)")
+    if text != text.strip():
+        raise _invalid_id(f"field '{field}' has leading or trailing whitespace ({_preview(text)})")
+    size = len(text.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        raise _invalid_id(f"field '{field}' is {size} bytes of UTF-8, above the limit of {MAX_ID_BYTES}")
     return text
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    """A short, always-encodable quotation of input text."""
+    return ascii(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _valid_unicode(value: str) -> str:
+    """Lone surrogates (from ``"\\ud800"`` escapes) replaced by U+FFFD: such text cannot be encoded."""
+    return value if value.isascii() or _SURROGATE.search(value) is None else _SURROGATE.sub("\ufffd", value)
 
 
 def _text(value: Any, field: str) -> str:
@@ -166,17 +248,24 @@ def _text(value: Any, field: str) -> str:
         raise _invalid(f"field '{field}' must be a string, got {_json_type(value)}")
     if "\x00" in value:
         raise _invalid(f"field '{field}' contains NUL characters (binary data, not text)")
-    return " ".join(value.split())
+    return " ".join(_valid_unicode(value).split())
 
 
 def _string_list(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):  # arXiv snapshot style: "hep-th gr-qc"
-        return value.split()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _invalid(f"field '{field}' must be a list of strings or a space-separated string")
-    return [v.strip() for v in value if v.strip()]
+        return _valid_unicode(value).split()
+    if isinstance(value, list):
+        items = []
+        for item in value:
+            if type(item) is not str:
+                break
+            if item := item.strip():
+                items.append(item if item.isascii() else _valid_unicode(item))
+        else:
+            return items
+    raise _invalid(f"field '{field}' must be a list of strings or a space-separated string")
 
 
 def _optional_str(value: Any, field: str) -> str | None:
@@ -184,7 +273,7 @@ def _optional_str(value: Any, field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _invalid(f"field '{field}' must be a string, got {_json_type(value)}")
-    return value.strip() or None
+    return _valid_unicode(value.strip()) or None
 
 
 def _coreness(value: Any, field: str) -> CorenessLabel | None:
@@ -197,7 +286,8 @@ def _coreness(value: Any, field: str) -> CorenessLabel | None:
         label = value.strip().lower().replace("-", "_").replace(" ", "_")
         if label in CORENESS_LABELS:
             return label  # type: ignore[return-value]
-    raise _invalid(f"field '{field}' must be true/false or one of core, non-core, rejected; got {value!r}")
+    got = _preview(value) if isinstance(value, str) else _json_type(value)
+    raise _invalid(f"field '{field}' must be true/false or one of core, non-core, rejected; got {got}")
 
 
 def _require_text(record_id: str, title: str, abstract: str) -> None:

@@ -48,7 +48,6 @@ from models.records import (
     ModelInfo,
     Record,
     RecordError,
-    parse_record,
 )
 from streaming.api_body import (
     FORM_TYPES,
@@ -62,6 +61,7 @@ from streaming.api_body import (
     validated,
 )
 from streaming.batcher import MicroBatcher
+from streaming.intake import estimate_tokens, parse_input, skipped_source
 from streaming.metrics import REGISTRY
 from streaming.model_source import ModelLoadError, ModelSource
 
@@ -188,19 +188,13 @@ class InferenceBatcher:
                     self._classify(batcher.take())
                     return
             if item is not None:
-                closed = batcher.add(item, self._tokens(item.record))
+                closed = batcher.add(item, estimate_tokens(item.record, self.model_source))
                 if len(batcher) == 1:
                     deadline = time.monotonic() + batcher.max_wait_s
                 if closed:
                     self._classify(closed)
             if batcher.due():
                 self._classify(batcher.take())
-
-    def _tokens(self, record: Record) -> int:
-        try:
-            return self.model_source.current().count_tokens(record)
-        except Exception:  # noqa: BLE001 - the batch's inference reports the real error
-            return 1
 
     def _classify(self, batch: list[_Pending]) -> None:
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
@@ -259,16 +253,15 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
                 f"{len(records)} records in one request, above the limit of {limit} "
                 "(api.max_batch_records, env CORESTREAM_API__MAX_BATCH_RECORDS): split the batch",
             )
-        skip = set(settings.skip_sources) | source.dont_run_on()
         parsed: list[Record] = []
         errors: list[dict[str, Any]] = []
         for index, data in enumerate(records):
             try:
-                record = parse_record(data, max_text_chars=settings.records.max_text_chars)
+                record = parse_input(data, settings.records)
             except RecordError as exc:
                 errors.append({"loc": ["body", "records", index], "type": exc.reason, "msg": exc.message})
                 continue
-            if record.source in skip:
+            if skipped_source(record, settings.skip_sources, source):
                 errors.append({"loc": ["body", "records", index], "type": REASON_SKIPPED_SOURCE,
                                "msg": f"record {record.id}: the model does not run on source {record.source!r}"})
             parsed.append(record)
@@ -315,8 +308,7 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
             data = parse_json(await request.body())
         body = validated(CorenessRequest, data)
         try:
-            record = parse_record({"id": "request", "title": body.title, "abstract": body.abstract},
-                                  max_text_chars=settings.records.max_text_chars)
+            record = parse_input({"id": "request", "title": body.title, "abstract": body.abstract}, settings.records)
         except RecordError as exc:
             raise HTTPException(422, [{"loc": ["body"], "type": exc.reason, "msg": exc.message}]) from None
         (result,) = await classify([record])

@@ -6,8 +6,9 @@ For teams that deploy Faust workers::
     faust -A streaming.faust_app worker -l info
 
 The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
-each message (:func:`models.records.parse_record`), classifies the valid records with the live model
-(:class:`streaming.model_source.ModelSource`, one ``current()`` per batch), writes the results to the same
+each message with the processor's input rules (:func:`streaming.worker.decode`, :mod:`streaming.intake`),
+classifies the valid records with the live model (:class:`streaming.model_source.ModelSource`, one
+``current()`` per batch), writes the results to the same
 sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
 (:class:`streaming.dead_letter.DeadLetterWriter`), using the processor's own stages
 (:class:`streaming.worker.InferenceStage`, :class:`streaming.worker.SinkStage`).

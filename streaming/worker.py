@@ -18,8 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from config.settings import RecordSettings
-from models.records import REASON_INVALID_RECORD, ClassificationResult, Record, RecordError, parse_record
+from models.records import ClassificationResult, Record, RecordError
 from streaming.dead_letter import DeadLetterError, DeadLetterWriter
+from streaming.intake import estimate_tokens, parse_input, skipped_source
 from streaming.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
@@ -68,25 +69,19 @@ class Envelope:
 
 
 def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str], model_source: ModelSource) -> None:
-    """Validate ``env.value``: set ``record`` and its token estimate, or a ``rejection`` (-> dead letter), or
-    ``skipped_source`` for records this model must not run on (counted in ``RECORDS_SKIPPED``)."""
+    """Validate ``env.value`` (:mod:`streaming.intake`): set ``record`` and its token estimate, or a ``rejection``
+    (-> dead letter), or ``skipped_source`` for records this model must not run on (counted in
+    ``RECORDS_SKIPPED``)."""
     try:
-        env.record = parse_record(env.value or b"", records.max_text_chars, records.max_message_bytes)
+        env.record = parse_input(env.value or b"", records)
     except RecordError as exc:
         env.rejection = exc
         return
-    except Exception as exc:  # noqa: BLE001 - unexpected input must become a dead letter, not a crash
-        env.rejection = RecordError(REASON_INVALID_RECORD, f"{type(exc).__name__}: {exc}")
+    env.skipped_source = skipped_source(env.record, skip_sources, model_source)
+    if env.skipped_source is not None:
+        RECORDS_SKIPPED.labels(source=env.skipped_source).inc()
         return
-    source = env.record.source
-    if source and (source in skip_sources or source in model_source.dont_run_on()):
-        env.skipped_source = source
-        RECORDS_SKIPPED.labels(source=source).inc()
-        return
-    try:
-        env.tokens = model_source.current().count_tokens(env.record)
-    except Exception:  # noqa: BLE001 - only an estimate for batching
-        env.tokens = len(env.record.text) // 4 + 1
+    env.tokens = estimate_tokens(env.record, model_source)
 
 
 @dataclass

@@ -225,3 +225,19 @@ def test_records_from_skipped_sources_are_refused(checkpoint: Path) -> None:
     assert response.status_code == 422
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", "records", 1] and detail["type"] == "skipped_source"
+
+
+def test_the_streams_id_and_text_rules(client: TestClient) -> None:
+    """The API validates records with the stream's rules: bad ids are ``invalid_id``, a lone surrogate in the title
+    (a ``\\ud800`` escape in the request body) is replaced, not an error."""
+    records = [{"id": " a1", "title": "T"}, {"id": "a" * 513, "title": "T"}, {"id": "a\u0000", "title": "T"}]
+    response = client.post("/api/v1/predict", json={"records": records})
+    assert response.status_code == 422
+    assert [d["type"] for d in response.json()["detail"]] == ["invalid_id"] * 3
+    body = b'{"records": [{"id": "lone", "title": "Dark \\ud800 matter", "abstract": "x\\udfff"}]}'
+    response = client.post("/api/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["id"] == "lone"
+    response = client.post("/api/v1/predict", content=body.replace(b'"lone"', b'"\\ud800"'),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "invalid_id"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 
 from config.settings import Settings
 from tests import test_registry
+from trainer.backfill import _count_lines, _read_lines
 from trainer.registry import ModelRegistry
 from trainer.sample import write_sample
 
@@ -115,3 +119,73 @@ def test_backfill_killed_halfway_resumes_without_duplicates(checkpoints: dict[st
     status, _, err = cli(capsys, *argv[:4], str(tmp_path / "other.jsonl"), *argv[5:])
     assert status == 2 and "already holds predictions for" in err
     assert len((work / "predictions.jsonl").read_bytes().splitlines()) == 1000
+
+
+EDGE_LINES = {  # line content -> the reason it is counted invalid (None: classified)
+    b'{"id": "deep", "title": "T", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}": "invalid_json",
+    b'{"id": "huge", "title": "T", "x": ' + b"9" * 5_000 + b"}": "invalid_json",
+    b'{"id": " spaced", "title": "T"}': "invalid_id",
+    b'{"id": "\\ud800-0", "title": "T", "abstract": "a"}': "invalid_id",
+    b'{"id": "' + b"x" * 600 + b'", "title": "T"}': "invalid_id",
+    b'{"id": "big", "title": "' + b"t" * 40_000 + b'"}': "oversize",  # above records.max_message_bytes
+    b"\x89PNG\r\x00\x1a": "not_utf8",
+    b'{"id": "surrogate-title", "title": "dark \\udfff matter", "abstract": "a"}': None,
+    b'{"id": "spam-1", "title": "T", "source": "spam"}': "skipped",
+    b'{"id": "model-skip", "title": "T", "source": "Springer"}': "skipped",
+}
+
+
+def test_backfill_counts_malformed_lines_and_honours_skip_sources(checkpoints: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The stream's input rules: a 10k-deep line, a 5,000-digit number, bad ids, an oversize line and binary are
+    counted invalid lines with their reasons (not a crash that a resume would repeat); skip_sources and the model's
+    dont_run_on are both skipped; a last line without a newline is read."""
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints["a"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dont_run_on": ["Springer"]}))
+    write_sample(tmp_path / "sample.jsonl", 20, seed=3)
+    good = (tmp_path / "sample.jsonl").read_bytes().splitlines()
+    lines = good[:10] + list(EDGE_LINES) + good[10:]
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join(lines))  # no newline at the end
+    monkeypatch.setenv("CORESTREAM_SKIP_SOURCES", '["spam"]')
+    monkeypatch.setenv("CORESTREAM_RECORDS__MAX_MESSAGE_BYTES", "30000")
+    monkeypatch.setenv("CORESTREAM_MODEL__DEVICE", "cpu")
+    out = tmp_path / "out"
+    status, _, err = cli(capsys, "backfill", "--model", str(model), "--input", str(records), "--output", str(out),
+                         "--batch-size", "8", "--no-progress")
+    assert status == 0, err
+    [work] = list(out.glob("predictions/*/*"))
+    run = json.loads((work / "run.json").read_text())
+    reasons = [reason for reason in EDGE_LINES.values() if reason not in (None, "skipped")]
+    assert run["lines"] == len(lines) and run["classified"] == 20 + 1
+    assert run["invalid"] == len(reasons)
+    assert run["invalid_by_reason"] == {reason: reasons.count(reason) for reason in set(reasons)}
+    assert [item["line"] for item in run["invalid_lines"]] == [11 + i for i, reason in enumerate(EDGE_LINES.values())
+                                                               if reason not in (None, "skipped")]
+    assert run["skipped_by_source"] == {"spam": 1, "Springer": 1}
+    oversize = next(item for item in run["invalid_lines"] if item["reason"] == "oversize")
+    big = next(line for line in EDGE_LINES if line.startswith(b'{"id": "big"'))
+    assert oversize["error"] == f"line is {len(big)} bytes, above the limit of 30000"
+    ids = [json.loads(line)["id"] for line in (work / "predictions.jsonl").read_bytes().splitlines()]
+    assert ids == [json.loads(line)["id"] for line in good[:10]] + ["surrogate-title"] + [
+        json.loads(line)["id"] for line in good[10:]]
+
+
+def test_read_lines_bounds_each_line() -> None:
+    """Lines up to the limit come back without their newline; a longer one comes back as its length, read in
+    pieces (never whole), and reading goes on after it; the last line may lack a newline."""
+    data = b"a" * 10 + b"\n" + b"b" * 11 + b"\n" + b"\n" + b"c" * 5_000_000 + b"\n" + b"d" * 10 + b"\n" + b"e" * 12
+    lines = list(_read_lines(io.BytesIO(data), 10))
+    assert lines == [b"a" * 10, 11, b"", 5_000_000, b"d" * 10, 12]
+    assert list(_read_lines(io.BytesIO(b"x\r\ny"), 10)) == [b"x\r", b"y"]
+    assert _count_lines_of(b"a\nb") == 2 and _count_lines_of(b"a\nb\n") == 2 and _count_lines_of(b"") == 0
+
+
+def _count_lines_of(data: bytes) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as handle:
+        handle.write(data)
+        handle.flush()
+        return _count_lines(Path(handle.name))

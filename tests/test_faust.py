@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from tests.helpers_stream import (
     wait_for,
 )
 from tests.servers import free_port
+from tests.test_fuzz_input import MALFORMED, MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, odd_valid_records
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_MESSAGES = {
@@ -136,6 +138,32 @@ def test_batch_handler_runs_the_pipeline_core(noida, tmp_path: Path) -> None:
     (dead,) = read_topic(noida.bootstrap, settings.kafka.dlq_topic(topic))
     assert dead.value == b"{" and dead.headers["reason"] == "invalid_json" and dead.headers["source_offset"] == "6"
 
+
+
+@pytest.mark.timeout(120)
+def test_batch_handler_applies_the_processors_input_rules(noida, tmp_path: Path) -> None:
+    """The Faust worker validates with the processor's rules: one message of each malformed kind of the fuzz test
+    is dead-lettered with its reason, the odd but valid records are classified."""
+    settings = stream_settings(noida.bootstrap, records={"max_message_bytes": MAX_MESSAGE_BYTES,
+                                                         "max_text_chars": MAX_TEXT_CHARS})
+    topic = settings.kafka.input_topics[0]
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    handler = BatchHandler(settings, ModelSource(settings), [sink],
+                           DeadLetterWriter(make_producer(settings), settings))
+    rng = random.Random(1)
+    bad = [(kind, reason, make(rng)) for kind, (reason, make) in sorted(MALFORMED.items())]
+    good = odd_valid_records(12)
+    values = [value for _, _, value in bad] + [value for _, value in good]
+    envelopes = [handler.envelope(topic=topic, partition=0, offset=i, key=None, value=value, timestamp_s=None)
+                 for i, value in enumerate(values)]
+    rejected = [(kind, env.rejection and env.rejection.reason) for (kind, _, _), env in zip(bad, envelopes[:len(bad)],
+                                                                                             strict=True)]
+    assert rejected == [(kind, reason) for kind, reason, _ in bad]
+    assert handler.handle(envelopes) is True
+    assert jsonl_ids(tmp_path / "out.jsonl") == [rid for rid, _ in good]
+    dead = read_topic(noida.bootstrap, settings.kafka.dlq_topic(topic))
+    assert sorted((int(m.headers["source_offset"]), m.headers["reason"]) for m in dead) == [
+        (i, reason) for i, (_, reason, _) in enumerate(bad)]
 
 def test_faust_app_is_configured_from_settings() -> None:
     settings = Settings(kafka={"bootstrap_servers": "k1:9092,k2:9092", "group_id": "g", "session_timeout_ms": 9000,

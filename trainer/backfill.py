@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.records import Record, RecordError, parse_record
+from models.records import REASON_OVERSIZE, Record, RecordError
+from streaming.intake import parse_input, skipped_source
 from streaming.model_source import ModelLoadError, ModelSource
 from trainer.registry import Manifest, RegistryError, build_manifest, default_creator
 from trainer.registry_names import check_name, path_under
@@ -110,7 +111,7 @@ class Backfill:
             total = _count_lines(input_file)
             with tqdm(total=total, initial=state.lines_done, unit="rec", desc=f"backfill {name} {version}",
                       disable=not self.progress_bar) as bar:
-                for batch, last_line in self._batches(input_file, state, source.dont_run_on(), batch_size):
+                for batch, last_line in self._batches(input_file, state, source, batch_size):
                     self._write_batch(out, predictor, batch)
                     state.classified += len(batch)
                     bar.update(last_line - state.lines_done)
@@ -126,25 +127,32 @@ class Backfill:
         log.info("backfill complete", extra={k: summary[k] for k in ("output", "classified", "invalid")})
         return summary
 
-    def _batches(self, input_file: Path, state: Progress, dont_run_on: frozenset[str],
+    def _batches(self, input_file: Path, state: Progress, source: ModelSource,
                  batch_size: int) -> Iterator[tuple[list[Record], int]]:
-        """``(records, number of the last input line consumed)``; invalid and skipped lines go into ``state``."""
+        """``(records, number of the last input line consumed)``; invalid and skipped lines go into ``state``.
+
+        The stream's input rules (:mod:`streaming.intake`): a line is what a Kafka message value would be, and is
+        skipped when its source is in ``skip_sources`` or the model's ``dont_run_on``."""
         batch: list[Record] = []
         line_no = state.lines_done
-        with _open_input(input_file) as lines:
-            for line_no, raw in enumerate(lines, start=1):
+        records = self.settings.records
+        with _open_input(input_file) as handle:
+            for line_no, raw in enumerate(_read_lines(handle, records.max_message_bytes), start=1):
                 if line_no <= state.lines_done:
                     continue
                 try:
-                    record = parse_record(raw, self.settings.records.max_text_chars,
-                                          self.settings.records.max_message_bytes)
+                    if isinstance(raw, int):
+                        raise RecordError(REASON_OVERSIZE, f"line is {raw} bytes, above the limit of "
+                                                           f"{records.max_message_bytes}")
+                    record = parse_input(raw, records)
                 except RecordError as exc:
                     state.invalid_count += 1
                     if len(state.invalid) < MAX_LISTED_INVALID:
                         state.invalid.append(InvalidLine(line=line_no, reason=exc.reason, error=exc.message))
                     continue
-                if record.source and record.source in dont_run_on:
-                    state.skipped[record.source] = state.skipped.get(record.source, 0) + 1
+                skipped = skipped_source(record, self.settings.skip_sources, source)
+                if skipped is not None:
+                    state.skipped[skipped] = state.skipped.get(skipped, 0) + 1
                     continue
                 batch.append(record)
                 if len(batch) >= batch_size:
@@ -297,9 +305,29 @@ def _open_input(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
+def _read_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | int]:
+    """Each line without its newline, or for a line longer than ``limit`` bytes its length, read in pieces: one
+    huge line costs neither memory nor a crash."""
+    while line := handle.readline(limit + 2):
+        ended = line.endswith(b"\n")
+        if len(line) - ended <= limit:
+            yield line[:-1] if ended else line
+            continue
+        size = len(line)
+        while not ended and (line := handle.readline(1 << 20)):
+            size += len(line)
+            ended = line.endswith(b"\n")
+        yield size - ended
+
+
 def _count_lines(path: Path) -> int:
+    """Lines in the file (a last line without a newline counts), read in chunks."""
+    count, last = 0, b"\n"
     with _open_input(path) as handle:
-        return sum(1 for _ in handle)
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
