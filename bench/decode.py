@@ -1,7 +1,7 @@
 """Decode benchmark (a script, not a test): the processor's per-message work before inference.
 
-Times :func:`streaming.worker.decode` (parse the JSON, validate and normalise the record, skip rule, token
-estimate) and :class:`streaming.batcher.MicroBatcher` over real message values, as the consumer loop runs
+Times :func:`streaming.pipeline.stages.decode` (parse the JSON, validate and normalise the record, skip rule, token
+estimate) and :class:`streaming.pipeline.batcher.MicroBatcher` over real message values, as the consumer loop runs
 them, and optionally profiles it (``--profile``: the top functions by own time).
 
     python bench/decode.py --data ../shared/data/arxiv-valid-2018.jsonl.gz
@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import load_settings  # noqa: E402
-from streaming.batcher import MicroBatcher  # noqa: E402
-from streaming.model_source import ModelSource  # noqa: E402
-from streaming.worker import Envelope, decode  # noqa: E402
+from models.model_source import ModelSource  # noqa: E402
+from streaming.pipeline.batcher import MicroBatcher  # noqa: E402
+from streaming.pipeline.stages import Envelope, decode  # noqa: E402
 
 
 def message_values(data: str | None, count: int) -> list[bytes]:
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object with the figures, last")
     args = parser.parse_args()
     if args.model == "artifacts/demo-model":
-        from streaming.demo import ensure_model
+        from streaming.apps.demo import ensure_model
 
         ensure_model(Path(args.model), 1500, retrain=False)
     settings = load_settings(model={"model": args.model, "reload_interval_s": 0, "device": "cpu"})

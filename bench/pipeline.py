@@ -10,7 +10,7 @@ throughput of (b) (or ``--rate``). With ``--json`` the figures come last as one 
 ``pipeline_rps`` (b), ``efficiency`` (b/a), ``per_record_rps`` (c), ``batching_gain`` (b/c),
 ``latency_p50_ms``/``latency_p99_ms`` and the rate they were taken at.
 
-Kafka is an embedded Tansu broker (streaming/embedded.py), Elasticsearch is noida-db (tests/servers.py).
+Kafka is an embedded Tansu broker (streaming/apps/embedded.py), Elasticsearch is noida-db (tests/servers.py).
 Throughput of (b) and (c) is measured between the first and the last sink acknowledgement, so the
 consumer-group join is not counted.
 
@@ -37,15 +37,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config.clients import make_producer  # noqa: E402
 from config.logging import setup_logging  # noqa: E402
 from config.settings import Settings, load_settings  # noqa: E402
+from models.model_source import ModelSource  # noqa: E402
 from models.records import ClassificationResult, Record, parse_record  # noqa: E402
-from streaming.dead_letter import DeadLetterWriter  # noqa: E402
-from streaming.embedded import EmbeddedBroker  # noqa: E402
-from streaming.kafka_clients import create_topics, make_producer  # noqa: E402
-from streaming.metrics import REGISTRY  # noqa: E402
-from streaming.model_source import ModelSource  # noqa: E402
-from streaming.processor import StreamProcessor  # noqa: E402
+from streaming.apps.embedded import EmbeddedBroker  # noqa: E402
+from streaming.kafka import create_topics  # noqa: E402
+from streaming.observability.metrics import MODEL_METRICS, REGISTRY  # noqa: E402
+from streaming.pipeline.dead_letters import DeadLetterWriter  # noqa: E402
+from streaming.pipeline.processor import StreamProcessor  # noqa: E402
 from streaming.sinks import SinkFailure, build_sinks  # noqa: E402
 from tests.servers import NoidaServer  # noqa: E402
 
@@ -122,7 +123,8 @@ def produce(settings: Settings, records: Sequence[Record], rate: float | None = 
 def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thread, threading.Event, list]:
     producer = make_producer(settings)
     sinks = [*build_sinks(settings, producer), probe]
-    processor = StreamProcessor(settings, ModelSource(settings), sinks, DeadLetterWriter(producer, settings))
+    processor = StreamProcessor(settings, ModelSource(settings, hooks=MODEL_METRICS), sinks,
+                                DeadLetterWriter(producer, settings))
     stop = threading.Event()
     stats: list = []
     thread = threading.Thread(target=lambda: stats.append(processor.run(stop)), daemon=True)
@@ -132,7 +134,7 @@ def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thre
 
 def model_only(settings: Settings, records: Sequence[Record], batch: int, repeats: int = 5) -> float:
     """Best of ``repeats`` passes (the machine may be shared)."""
-    predictor = ModelSource(settings).load()
+    predictor = ModelSource(settings, hooks=MODEL_METRICS).load()
     predictor.predict_batch(records[:batch])  # warm-up
     best = 0.0
     for _ in range(repeats):
@@ -226,7 +228,7 @@ def main() -> None:
     setup_logging("WARNING", "text")
     base = load_settings()
     if args.model == "artifacts/demo-model":
-        from streaming.demo import ensure_model
+        from streaming.apps.demo import ensure_model
 
         ensure_model(Path(args.model), 1500, retrain=False)
     records = load_records(args.data, args.records, seed=1)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from config.cli import build_parser, run_cli
 
 COMMAND_MODULES: list[str] = [
-    "streaming.ops_cli",
-    "streaming.run_cmd",
-    "streaming.demo",
-    "streaming.api",
-    "streaming.faust_app",
+    "streaming.apps.ops",
+    "streaming.apps.run",
+    "streaming.apps.demo",
+    "streaming.apps.api",
+    "streaming.apps.faust_worker",
 ]
 
 

@@ -19,12 +19,14 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 
+from config.clients import make_producer
 from config.settings import Settings, load_settings
-from streaming.dead_letter import DeadLetterWriter
-from streaming.kafka_clients import create_topics, make_producer
-from streaming.kafka_clients import produce as kafka_produce
-from streaming.model_source import ModelSource
-from streaming.processor import ProcessorStats, StreamProcessor
+from models.model_source import ModelSource
+from streaming.kafka import create_topics
+from streaming.kafka import produce as kafka_produce
+from streaming.observability.metrics import MODEL_METRICS
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.processor import ProcessorStats, StreamProcessor
 from streaming.sinks import build_sinks
 
 PARTITIONS = 3
@@ -220,7 +222,7 @@ class ProcessorThread:
 
     def __init__(self, settings: Settings, until_drained: bool = False) -> None:
         self.settings = settings
-        self.model_source = ModelSource(settings)
+        self.model_source = ModelSource(settings, hooks=MODEL_METRICS)
         self.producer = make_producer(settings)
         self.sinks = build_sinks(settings, self.producer)
         self.processor = StreamProcessor(settings, self.model_source, self.sinks,

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streaming.embedded import EmbeddedBroker, ManagedProcess, free_port, wait_listening
+from streaming.apps.embedded import EmbeddedBroker, ManagedProcess, free_port, wait_listening
 
 __all__ = ["MotoServer", "NoidaServer", "TansuBroker", "free_port", "wait_for_http"]
 

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from config.settings import Settings
-from streaming.api import create_app
+from streaming.apps.api import create_app
 from tests.servers import free_port, wait_for_http
 from trainer.train import train_model
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from streaming.api import create_app
+from streaming.apps.api import create_app
 from tests.servers import MotoServer, free_port, wait_for_http
 from tests.test_api import FLAT, api_settings, checkpoint  # noqa: F401 - checkpoint is a fixture
 

@@ -17,9 +17,9 @@ import boto3
 import pytest
 
 from config.settings import Settings
+from models.registry import ModelRegistry
 from tests import test_registry
 from trainer.backfill import _count_lines, _read_lines
-from trainer.registry import ModelRegistry
 from trainer.sample import write_sample
 
 # The registry tests' fixtures: a fresh moto bucket wired into CORESTREAM_*, and tiny trained checkpoints.

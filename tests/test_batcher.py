@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.batcher import MicroBatcher
+from streaming.pipeline.batcher import MicroBatcher
 
 
 def test_closes_on_record_count() -> None:

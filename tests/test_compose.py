@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from config.settings import ENV_PREFIX, Settings
-from streaming.metrics import REGISTRY
+from streaming.observability.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

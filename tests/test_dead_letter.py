@@ -7,6 +7,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer
 
+from config.clients import make_producer
 from config.settings import load_settings
 from models.records import (
     REASON_EMPTY,
@@ -17,8 +18,8 @@ from models.records import (
     RecordError,
     parse_record,
 )
-from streaming.dead_letter import DeadLetterError, DeadLetterWriter
-from streaming.kafka_clients import create_topics, make_producer
+from streaming.kafka import create_topics
+from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
 from tests.servers import free_port
 
 BAD_MESSAGES: list[bytes | None] = [

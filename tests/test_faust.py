@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from config.clients import make_producer
 from config.settings import Settings
+from models.model_source import ModelSource
 from models.records import ClassificationResult
-from streaming.dead_letter import DeadLetterWriter
-from streaming.faust_app import BatchHandler, create_app, faust_config
-from streaming.kafka_clients import make_producer
-from streaming.model_source import ModelSource
+from streaming.apps.faust_worker import BatchHandler, create_app, faust_config
+from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.sinks import JsonlSink, SinkFailure, SinkUnavailable
 from tests.helpers_stream import (
     committed_offsets,
@@ -178,8 +178,8 @@ def test_faust_app_is_configured_from_settings() -> None:
 
 
 def test_faust_cli_finds_the_app() -> None:
-    """`faust -A streaming.faust_app` loads the module-level app built from CORESTREAM_* settings."""
-    result = subprocess.run([sys.executable, "-m", "faust", "-A", "streaming.faust_app", "agents"], cwd=ROOT,
+    """`faust -A streaming.apps.faust_worker` loads the module-level app built from CORESTREAM_* settings."""
+    result = subprocess.run([sys.executable, "-m", "faust", "-A", "streaming.apps.faust_worker", "agents"], cwd=ROOT,
                             env={**os.environ, "CORESTREAM_KAFKA__GROUP_ID": "from-env"}, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import pytest
 
 from config.settings import load_settings
-from streaming.health import HealthServer
-from streaming.metrics import REGISTRY
+from streaming.observability.health import HealthServer
+from streaming.observability.metrics import REGISTRY
 from streaming.sinks import ElasticsearchSink
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import produce, record_messages, running, sample_records, stream_settings, wait_for

@@ -11,8 +11,9 @@ import boto3
 import pytest
 
 from config.settings import Settings
-from streaming.metrics import REGISTRY
-from streaming.model_source import ModelSource
+from models.model_source import ModelSource
+from models.registry import ModelRegistry
+from streaming.observability.metrics import MODEL_METRICS, REGISTRY
 from tests import test_registry
 from tests.helpers_stream import (
     es_count,
@@ -26,7 +27,6 @@ from tests.helpers_stream import (
     wait_for,
 )
 from tests.servers import MotoServer, NoidaServer
-from trainer.registry import ModelRegistry
 
 checkpoints = test_registry.checkpoints
 registry_env = test_registry.registry_env
@@ -54,7 +54,7 @@ def test_model_source_polls_swaps_and_survives_a_bad_version(registry_env: Setti
         registry.push(checkpoints[name], "demo")
     registry.promote("demo", "v1", "prod")
     source = ModelSource(registry_env.model_copy(update={"model": registry_env.model.model_copy(
-        update={"model": "registry://demo@prod", "reload_interval_s": 0.2})}))
+        update={"model": "registry://demo@prod", "reload_interval_s": 0.2})}), hooks=MODEL_METRICS)
     assert source.current().info.version == "v1"
     source.start_reloading()
     try:

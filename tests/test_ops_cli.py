@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
+from config.clients import make_admin
 from config.settings import load_settings
 from models.records import ClassificationResult
 from streaming.cli import main
-from streaming.kafka_clients import make_admin
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes | None, bytes]]:
@@ -124,7 +124,7 @@ def test_classify_prints_result_json(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_client_configs_come_from_settings() -> None:
-    from streaming.kafka_clients import consumer_config, producer_config
+    from config.clients import consumer_config, producer_config
 
     settings = load_settings(kafka={"bootstrap_servers": "k:9092", "group_id": "g1", "session_timeout_ms": 7000,
                                     "max_poll_interval_ms": 60_000, "extra": {"security.protocol": "SSL"}})

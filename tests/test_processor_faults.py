@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from streaming.health import HealthServer
-from streaming.offsets import CommitPositions, Ownership
+from streaming.observability.health import HealthServer
+from streaming.pipeline.offsets import CommitPositions, Ownership
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
     committed_offsets,

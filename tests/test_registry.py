@@ -13,10 +13,10 @@ import boto3
 import pytest
 
 from config.settings import Settings, load_settings
-from streaming.model_source import ModelLoadError, ModelSource
+from models.model_source import ModelLoadError, ModelSource
+from models.registry import ModelRegistry
 from tests.servers import MotoServer
 from trainer.cli import main as train_cli
-from trainer.registry import ModelRegistry
 from trainer.sample import generate_sample
 from trainer.train import train_model
 

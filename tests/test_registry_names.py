@@ -13,11 +13,11 @@ import boto3
 import pytest
 
 from config.settings import Settings
-from streaming.model_source import ModelLoadError, ModelSource
+from models.model_source import ModelLoadError, ModelSource
+from models.registry import ModelRegistry, RegistryError
+from models.registry_names import InvalidNameError, check_name, check_version, path_under
 from tests.test_registry import _restore_logging, cli, registry_env, tiny_model  # noqa: F401 - fixtures
 from trainer.backfill import Backfill
-from trainer.registry import ModelRegistry, RegistryError
-from trainer.registry_names import InvalidNameError, check_name, check_version, path_under
 
 
 @pytest.fixture(scope="module")

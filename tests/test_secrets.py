@@ -11,9 +11,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
+from config.clients import admin_config, consumer_config, producer_config
 from config.logging import JsonFormatter, mask
 from config.settings import Settings, SettingsError, load_settings
-from streaming.kafka_clients import admin_config, consumer_config, producer_config
 from tests.test_compose import environment
 
 SECRETS = {"sasl.password": "kafka-pw-1", "ssl.key.password": "key-pw-2", "sasl.oauthbearer.client.secret": "cs-3",

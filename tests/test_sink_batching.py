@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from streaming.dead_letter import DeadLetterWriter
-from streaming.kafka_clients import make_producer
-from streaming.offsets import Ownership
+from config.clients import make_producer
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.offsets import Ownership
+from streaming.pipeline.stages import Batch, Envelope, SinkStage
 from streaming.sinks import JsonlSink
-from streaming.worker import Batch, Envelope, SinkStage
 from tests.helpers_stream import (
     ProcessorThread,
     committed_offsets,

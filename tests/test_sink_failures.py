@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from config.clients import make_producer
 from config.settings import SettingsError, load_settings
 from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
-from streaming.dead_letter import MAX_ERROR_BYTES, DeadLetterError, DeadLetterWriter, build_dead_letter
-from streaming.kafka_clients import make_producer
-from streaming.offsets import Ownership
-from streaming.processor import PipelineError
+from streaming.pipeline.dead_letters import MAX_ERROR_BYTES, DeadLetterError, DeadLetterWriter, build_dead_letter
+from streaming.pipeline.offsets import Ownership
+from streaming.pipeline.processor import PipelineError
+from streaming.pipeline.stages import REASON_SINK_FAILED, Batch, Envelope, SinkStage
 from streaming.sinks import JsonlSink, OutputTopicSink, build_sinks
-from streaming.worker import REASON_SINK_FAILED, Batch, Envelope, SinkStage
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
     ProcessorThread,

@@ -12,10 +12,11 @@ import pytest
 from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
 
+from config.clients import make_producer
 from config.settings import Settings, load_settings
 from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
-from streaming.kafka_clients import create_topics, make_producer
-from streaming.metrics import REGISTRY
+from streaming.kafka import create_topics
+from streaming.observability.metrics import REGISTRY
 from streaming.sinks import ElasticsearchSink, JsonlSink, OutputTopicSink, SinkUnavailable, build_sinks
 from streaming.sinks.elasticsearch import ensure_index
 from tests.es_fault_proxy import EsFaultProxy

@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
+from models.intake import parse_input, skipped_source
+from models.model_source import ModelLoadError, ModelSource
 from models.records import REASON_OVERSIZE, Record, RecordError
-from streaming.intake import parse_input, skipped_source
-from streaming.model_source import ModelLoadError, ModelSource
-from trainer.registry import Manifest, RegistryError, build_manifest, default_creator
-from trainer.registry_names import check_name, path_under
-from trainer.s3 import S3Error, is_not_found, is_s3_url, parse_s3_url, s3_client, s3_errors
+from models.registry import Manifest, RegistryError, build_manifest, default_creator
+from models.registry_names import check_name, path_under
+from models.s3 import S3Error, is_not_found, is_s3_url, parse_s3_url, s3_client, s3_errors
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Backfill:
                  batch_size: int) -> Iterator[tuple[list[Record], int]]:
         """``(records, number of the last input line consumed)``; invalid and skipped lines go into ``state``.
 
-        The stream's input rules (:mod:`streaming.intake`): a line is what a Kafka message value would be, and is
+        The stream's input rules (:mod:`models.intake`): a line is what a Kafka message value would be, and is
         skipped when its source is in ``skip_sources`` or the model's ``dont_run_on``."""
         batch: list[Record] = []
         line_no = state.lines_done

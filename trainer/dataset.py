@@ -30,11 +30,11 @@ from elasticsearch.helpers import scan
 from pydantic import SecretStr
 from tqdm import tqdm
 
+from config.clients import es_client
 from config.logging import mask
 from config.settings import ElasticsearchSettings, Settings
 from models.labels import CorenessProxy
 from models.records import CorenessLabel, RecordError, parse_record
-from streaming.sinks.elasticsearch import es_client
 
 log = logging.getLogger(__name__)
 

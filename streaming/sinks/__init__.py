@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Producer
 
+from config.clients import make_producer
 from config.settings import Settings
-from streaming.kafka_clients import make_producer
 from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable
 from streaming.sinks.elasticsearch import ElasticsearchSink
 from streaming.sinks.jsonl import JsonlSink

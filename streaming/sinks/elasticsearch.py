@@ -17,9 +17,10 @@ from typing import Any
 
 from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportError, helpers
 
-from config.settings import ElasticsearchSettings, Settings
+from config.clients import es_client
+from config.settings import Settings
 from models.records import ClassificationResult
-from streaming.metrics import ES_BULK_SECONDS, SINK_ERRORS
+from streaming.observability.metrics import ES_BULK_SECONDS, SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, encoded_id
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,6 @@ INDEX_MAPPINGS: dict[str, Any] = {
         }
     },
 }
-
-
-def es_client(settings: Settings | ElasticsearchSettings) -> Elasticsearch:
-    """A client from settings (URL, basic auth or API key, TLS); retries are the sink's job, not the client's."""
-    es = settings.elasticsearch if isinstance(settings, Settings) else settings
-    if not es.url:
-        raise ValueError("Elasticsearch is not configured (set elasticsearch.url / CORESTREAM_ELASTICSEARCH__URL)")
-    auth: dict[str, Any] = {}
-    if es.api_key is not None:
-        auth["api_key"] = es.api_key.get_secret_value()
-    elif es.username:
-        auth["basic_auth"] = (es.username, es.password.get_secret_value() if es.password else "")
-    tls: dict[str, Any] = {}
-    if es.url.startswith("https"):
-        tls = {"verify_certs": es.verify_certs, "ca_certs": es.ca_certs}
-    return Elasticsearch(es.url, request_timeout=es.request_timeout_s, max_retries=0, **auth, **tls)
 
 
 def ensure_index(client: Elasticsearch, index: str) -> bool:

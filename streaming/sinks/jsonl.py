@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.records import ClassificationResult
-from streaming.metrics import SINK_ERRORS
+from streaming.observability.metrics import SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkUnavailable
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from models.records import ClassificationResult
-from streaming.kafka_clients import is_fatal, produce
-from streaming.metrics import SINK_ERRORS
+from streaming.kafka import is_fatal, produce
+from streaming.observability.metrics import SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkFatal, SinkUnavailable, encoded_id
 
 # The broker or client refuses this one message; sending it again cannot succeed.

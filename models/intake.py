@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import RecordSettings
 from models.records import REASON_INVALID_RECORD, Record, RecordError, parse_record
-from streaming.model_source import ModelSource
+
+if TYPE_CHECKING:
+    from models.model_source import ModelSource
 
 CHARS_PER_TOKEN = 4  # the fallback estimate: about four characters per token
 

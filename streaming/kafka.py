@@ -1,4 +1,7 @@
-"""confluent-kafka clients configured from settings, and idempotent topic creation."""
+"""Kafka helpers of the stream processor: topic names, idempotent topic creation, produce with delivery reports.
+
+Clients are made from settings by :mod:`config.clients`.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +9,13 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import NewTopic
 
+from config.clients import make_admin, max_message_bytes
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers}
-
-
-def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Consumer settings for at-least-once processing: offsets are stored and committed by the processor only."""
-    kafka = settings.kafka
-    config = {
-        **_base_config(settings),
-        "group.id": kafka.group_id,
-        "session.timeout.ms": kafka.session_timeout_ms,
-        "partition.assignment.strategy": kafka.partition_assignment_strategy,
-        "max.poll.interval.ms": kafka.max_poll_interval_ms,
-        "auto.offset.reset": kafka.auto_offset_reset,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        **kafka.client_options(),
-    }
-    config.update(overrides)
-    return config
-
-
-def max_message_bytes(settings: Settings) -> int:
-    """Largest message a producer sends and a created topic accepts: a dead letter keeps up to
-    ``records.max_message_bytes`` of the original value, plus room for its headers."""
-    return max(settings.records.max_message_bytes + 65_536, 1_000_000)
-
-
-def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Producer settings: every write acknowledged by all replicas, no duplicates from internal retries."""
-    config = {
-        **_base_config(settings),
-        "acks": "all",
-        # Accepted by both test brokers (Tansu and noida-db) and by Kafka itself.
-        "enable.idempotence": True,
-        "linger.ms": 5,
-        "message.max.bytes": max_message_bytes(settings),
-        **settings.kafka.client_options(),
-    }
-    config.update(overrides)
-    return config
-
-
-def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    return {**_base_config(settings), **settings.kafka.client_options(), **overrides}
-
-
-def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
-    return Consumer(consumer_config(settings, **overrides))
-
-
-def make_producer(settings: Settings, **overrides: Any) -> Producer:
-    return Producer(producer_config(settings, **overrides))
-
-
-def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
-    return AdminClient(admin_config(settings, **overrides))
 
 
 def topic_names(settings: Settings) -> list[str]:

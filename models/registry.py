@@ -5,7 +5,7 @@ Layout under ``s3://{bucket}/{prefix}``::
     models/{name}/{version}/            checkpoint files + manifest.json (sha256/size of every file, ...)
     models/{name}/aliases/{env}.json    current version of an environment, previous versions, history
 
-Names, versions and environments follow one rule (:mod:`trainer.registry_names`), checked before any key or
+Names, versions and environments follow one rule (:mod:`models.registry_names`), checked before any key or
 local path is built; documents read back (manifests, aliases) are checked against it too, and a manifest must
 name the model and version it is stored under and list at least one file.
 Versions are ``v1``, ``v2``, ... A push claims its id with a conditional put (``If-None-Match: *``) so two
@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from config.settings import RegistrySettings
-from trainer.registry_names import (
+from models.registry_names import (
     InvalidNameError,
     RegistryError,
     check_name,
@@ -43,7 +43,7 @@ from trainer.registry_names import (
     shown,
     version_number,
 )
-from trainer.s3 import is_not_found, is_precondition_failed, s3_client, s3_errors
+from models.s3 import is_not_found, is_precondition_failed, s3_client, s3_errors
 
 __all__ = ["REGISTRY_SCHEME", "InvalidNameError", "IntegrityError", "LabelMismatchError", "Manifest",
            "ModelRegistry", "RegistryError", "VersionMetadata", "parse_registry_uri"]

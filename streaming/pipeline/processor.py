@@ -16,14 +16,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from config.clients import make_consumer
 from config.settings import Settings
-from streaming.batcher import MicroBatcher
-from streaming.dead_letter import DeadLetterWriter
-from streaming.kafka_clients import make_consumer
-from streaming.metrics import (
+from streaming.observability.metrics import (
     BATCH_RECORDS,
     BATCH_TOKENS,
     COMMITS,
@@ -33,11 +32,15 @@ from streaming.metrics import (
     RECORDS_CONSUMED,
     STALLED_SINCE,
 )
-from streaming.model_source import ModelSource
-from streaming.offsets import CommitPositions, Ownership
-from streaming.offsets import TopicPartition as TP
+from streaming.pipeline.batcher import MicroBatcher
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.offsets import CommitPositions, Ownership
+from streaming.pipeline.offsets import TopicPartition as TP
+from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, SinkStopped, decode
 from streaming.sinks.base import Sink
-from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, SinkStopped, decode
+
+if TYPE_CHECKING:
+    from models.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A registry model is downloaded to ``settings.model.cache_dir/NAME/VERSION`` and every file's sha256 is checked
 against the manifest before anything is loaded (a cached copy too, on every load). The URI's name and
 environment, and every name, version and file path the registry returns, follow the registry naming rule
-(:mod:`trainer.registry_names`); anything else is refused before a path is built.
+(:mod:`models.registry_names`); anything else is refused before a path is built.
 With ``reload_interval_s > 0`` a background thread polls the
 alias; a new version is downloaded, verified and loaded in the background and handed over by :meth:`current`,
 which the processor calls once per batch, so a swap only ever happens between batches.
@@ -15,11 +15,10 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from config.settings import Settings
-from streaming.metrics import MODEL_RELOAD_FAILED, MODEL_RELOADS, set_model_info
-from trainer.registry import (
+from models.registry import (
     REGISTRY_SCHEME,
     IntegrityError,
     Manifest,
@@ -27,7 +26,7 @@ from trainer.registry import (
     RegistryError,
     parse_registry_uri,
 )
-from trainer.s3 import S3Error
+from models.s3 import S3Error
 
 if TYPE_CHECKING:
     from models.predictor import Predictor
@@ -50,11 +49,33 @@ class LoadedModel:
         return self.predictor.info.version
 
 
+class ModelSourceHooks(Protocol):
+    """What a model source reports as it works (the stream processor turns it into metrics)."""
+
+    def in_service(self, name: str, version: str, arch: str, device: str) -> None:
+        """A model version became the live one."""
+
+    def reloaded(self, ok: bool) -> None:
+        """A hot reload finished: swapped in (``ok``) or failed, keeping the old model."""
+
+
+class NoHooks:
+    """The default: reports go nowhere."""
+
+    def in_service(self, name: str, version: str, arch: str, device: str) -> None:
+        pass
+
+    def reloaded(self, ok: bool) -> None:
+        pass
+
+
 class ModelSource:
     """Loads the configured model, hands out the live predictor and hot-reloads registry aliases."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None,
+                 hooks: ModelSourceHooks | None = None) -> None:
         self.settings = settings
+        self.hooks: ModelSourceHooks = hooks or NoHooks()
         self.uri = settings.model.model
         self.ref: tuple[str, str] | None = None
         self._uri_error: str | None = None  # raised by load(), where the caller expects ModelLoadError
@@ -91,7 +112,7 @@ class ModelSource:
             with self._lock:
                 if self._pending is not None:
                     old, self._live, self._pending = self._live, self._pending, None
-                    MODEL_RELOADS.labels(outcome="success").inc()
+                    self.hooks.reloaded(True)
                     log.info("model swapped", extra={"old_version": old.version, "new_version": self._live.version})
                     self._announce(self._live)
         return self._live.predictor
@@ -152,14 +173,12 @@ class ModelSource:
         except Exception as exc:  # noqa: BLE001 - the reload thread must survive anything and keep the old model
             if isinstance(exc, ModelLoadError | IntegrityError):
                 self._rejected = getattr(exc, "version", None) or self._rejected
-            MODEL_RELOADS.labels(outcome="failure").inc()
-            MODEL_RELOAD_FAILED.set(1)
+            self.hooks.reloaded(False)
             log.error("model reload failed; keeping the current model", extra={"model": name, "env": env,
                                                                                "error": str(exc)})
             return False
         with self._lock:
             self._pending = loaded
-        MODEL_RELOAD_FAILED.set(0)
         return True
 
     def _refresh_metadata(self, manifest: Manifest) -> None:
@@ -232,10 +251,9 @@ class ModelSource:
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
 
-    @staticmethod
-    def _announce(loaded: LoadedModel) -> None:
+    def _announce(self, loaded: LoadedModel) -> None:
         info, device = loaded.predictor.info, loaded.predictor.device
-        set_model_info(info.name, info.version, info.arch, device)
+        self.hooks.in_service(info.name, info.version, info.arch, device)
         log.info("model in service", extra={"model": info.name, "version": info.version, "device": device,
                                             "dont_run_on": sorted(loaded.dont_run_on)})
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from config.clients import make_producer, producer_config
 from config.settings import Settings
-from streaming.kafka_clients import is_fatal, make_producer, produce, producer_config
+from streaming.kafka import is_fatal, produce
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from tqdm import tqdm
 
 from config.cli import CommandError
+from config.clients import make_producer
 from config.settings import Settings
 from models.records import RecordError, parse_record
-from streaming.kafka_clients import create_topics, make_producer, produce, topic_names
+from streaming.kafka import create_topics, produce, topic_names
 
 # --------------------------------------------------------------------------- reading record files
 
@@ -128,7 +129,7 @@ def _produce_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _classify_command(args: argparse.Namespace, settings: Settings) -> int:
-    from streaming.model_source import ModelLoadError, ModelSource  # imports torch: only when needed
+    from models.model_source import ModelLoadError, ModelSource  # imports torch: only when needed
 
     try:
         record = parse_record({"id": args.id, "title": args.title, "abstract": args.abstract},

@@ -5,14 +5,14 @@
   form-encoded -> ``{"prediction": "core"|"non_core"|"rejected", "scores": {"core", "non_core", "rejected"}}``.
 * ``GET /api/v1/health``: model loaded, name/version/arch, device (an error class, never the error's text);
   ``GET /api/health``: the classic service's ``{"status": "ok"}``.
-* ``GET /metrics``: Prometheus metrics (``streaming.metrics.REGISTRY``; off with ``api.metrics_enabled``).
+* ``GET /metrics``: Prometheus metrics (``streaming.observability.metrics.REGISTRY``; off with ``api.metrics_enabled``).
 
 Limits: bodies above ``api.max_body_bytes`` get 413 before they are read, more than ``api.max_batch_records``
 records get 413 while the body is parsed; error bodies never echo more than a short excerpt of the input
-(:mod:`streaming.api_body`). With ``api.api_key`` set the predict endpoints require an ``X-API-Key`` header;
+(:mod:`streaming.apps.api_body`). With ``api.api_key`` set the predict endpoints require an ``X-API-Key`` header;
 ``api.docs_enabled: false`` removes ``/docs``, ``/redoc`` and ``/openapi.json``.
 
-Records of concurrent requests are coalesced into micro-batches (:class:`streaming.batcher.MicroBatcher`)
+Records of concurrent requests are coalesced into micro-batches (:class:`streaming.pipeline.batcher.MicroBatcher`)
 by one worker thread that also runs inference, so the event loop never blocks on the model.
 ``corestream serve`` runs it with uvicorn.
 """
@@ -41,6 +41,8 @@ from starlette.exceptions import HTTPException
 
 from config.cli import CommandError
 from config.settings import BatchSettings, Settings
+from models.intake import estimate_tokens, parse_input, skipped_source
+from models.model_source import ModelLoadError, ModelSource
 from models.records import (
     ClassificationResult,
     CorenessLabel,
@@ -49,7 +51,7 @@ from models.records import (
     Record,
     RecordError,
 )
-from streaming.api_body import (
+from streaming.apps.api_body import (
     FORM_TYPES,
     JSON_TYPES,
     BodyLimitMiddleware,
@@ -60,10 +62,8 @@ from streaming.api_body import (
     require_type,
     validated,
 )
-from streaming.batcher import MicroBatcher
-from streaming.intake import estimate_tokens, parse_input, skipped_source
-from streaming.metrics import REGISTRY
-from streaming.model_source import ModelLoadError, ModelSource
+from streaming.observability.metrics import MODEL_METRICS, REGISTRY
+from streaming.pipeline.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class InferenceBatcher:
 
 def create_app(settings: Settings, model_source: ModelSource | None = None) -> FastAPI:
     """The API app; the model is loaded on first use (``corestream serve`` loads it before listening)."""
-    source = model_source or ModelSource(settings)
+    source = model_source or ModelSource(settings, hooks=MODEL_METRICS)
     batcher = InferenceBatcher(source, settings.batch)
     api = settings.api
 
@@ -375,7 +375,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.model:
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"model": args.model})})
-    source = ModelSource(settings)
+    source = ModelSource(settings, hooks=MODEL_METRICS)
     try:
         predictor = source.load()
     except ModelLoadError as exc:

@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from config.settings import RecordSettings
+from models.intake import estimate_tokens, parse_input, skipped_source
 from models.records import ClassificationResult, Record, RecordError
-from streaming.dead_letter import DeadLetterError, DeadLetterWriter
-from streaming.intake import estimate_tokens, parse_input, skipped_source
-from streaming.metrics import (
+from streaming.observability.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
     PREDICTIONS_CATEGORY,
@@ -31,9 +31,12 @@ from streaming.metrics import (
     RECORDS_SKIPPED,
     SINK_ERRORS,
 )
-from streaming.model_source import ModelSource
-from streaming.offsets import Ownership, TopicPartition
+from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
+from streaming.pipeline.offsets import Ownership, TopicPartition
 from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
+
+if TYPE_CHECKING:
+    from models.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class Envelope:
 
 
 def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str], model_source: ModelSource) -> None:
-    """Validate ``env.value`` (:mod:`streaming.intake`): set ``record`` and its token estimate, or a ``rejection``
+    """Validate ``env.value`` (:mod:`models.intake`): set ``record`` and its token estimate, or a ``rejection``
     (-> dead letter), or ``skipped_source`` for records this model must not run on (counted in
     ``RECORDS_SKIPPED``)."""
     try:

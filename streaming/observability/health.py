@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streaming.metrics import REGISTRY
+from streaming.observability.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -79,6 +79,15 @@ MODEL_RELOAD_FAILED = Gauge(
 )
 
 
-def set_model_info(name: str, version: str, arch: str, device: str) -> None:
-    """``corestream_model_info{name,version,arch,device}``."""
-    MODEL_INFO.info({"name": name, "version": version, "arch": arch, "device": device})
+class ModelMetrics:
+    """A model source's reports (``models.model_source.ModelSourceHooks``) as metrics: model info, reloads."""
+
+    def in_service(self, name: str, version: str, arch: str, device: str) -> None:
+        MODEL_INFO.info({"name": name, "version": version, "arch": arch, "device": device})
+
+    def reloaded(self, ok: bool) -> None:
+        MODEL_RELOADS.labels(outcome="success" if ok else "failure").inc()
+        MODEL_RELOAD_FAILED.set(0 if ok else 1)
+
+
+MODEL_METRICS = ModelMetrics()

@@ -12,12 +12,14 @@ from dataclasses import asdict
 from confluent_kafka import KafkaException
 
 from config.cli import CommandError
+from config.clients import make_producer
 from config.settings import Settings
-from streaming.dead_letter import DeadLetterWriter
-from streaming.health import HealthServer
-from streaming.kafka_clients import create_topics, make_producer
-from streaming.model_source import ModelLoadError, ModelSource
-from streaming.processor import PipelineError, ProcessorStats, StreamProcessor
+from models.model_source import ModelLoadError, ModelSource
+from streaming.kafka import create_topics
+from streaming.observability.health import HealthServer
+from streaming.observability.metrics import MODEL_METRICS
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.processor import PipelineError, ProcessorStats, StreamProcessor
 from streaming.sinks import build_sinks
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(settings: Settings, *, until_drained: bool = False, create: bool = False) -> int:
-    model_source = ModelSource(settings)
+    model_source = ModelSource(settings, hooks=MODEL_METRICS)
     try:
         model_source.load()
     except ModelLoadError as exc:

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config.cli import CommandError
+from config.clients import make_producer
 from config.logging import mask, setup_logging
 from config.settings import Settings
 from models.records import ClassificationResult
-from streaming.embedded import EmbeddedBroker, EmbeddedBrokerError
-from streaming.kafka_clients import create_topics, make_producer
-from streaming.metrics import REGISTRY
+from streaming.apps.embedded import EmbeddedBroker, EmbeddedBrokerError
+from streaming.kafka import create_topics
+from streaming.observability.metrics import MODEL_METRICS, REGISTRY
 
 if TYPE_CHECKING:
-    from streaming.processor import ProcessorStats
+    from streaming.pipeline.processor import ProcessorStats
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,9 @@ def process_until_drained(settings: Settings, timeout_s: float) -> tuple[Process
 
     Returns (stats, seconds, timed out). Every client is closed on return, before the broker stops.
     """
-    from streaming.dead_letter import DeadLetterWriter
-    from streaming.model_source import ModelSource
-    from streaming.processor import StreamProcessor
+    from models.model_source import ModelSource
+    from streaming.pipeline.dead_letters import DeadLetterWriter
+    from streaming.pipeline.processor import StreamProcessor
     from streaming.sinks import build_sinks
 
     producer = make_producer(settings)
@@ -129,7 +130,8 @@ def process_until_drained(settings: Settings, timeout_s: float) -> tuple[Process
     if unreachable:
         raise CommandError(f"sink(s) not reachable: {', '.join(unreachable)}"
                            + (f" (Elasticsearch at {mask(es_url)})" if "elasticsearch" in unreachable else ""))
-    processor = StreamProcessor(settings, ModelSource(settings), sinks, DeadLetterWriter(producer, settings))
+    processor = StreamProcessor(settings, ModelSource(settings, hooks=MODEL_METRICS), sinks,
+                                DeadLetterWriter(producer, settings))
     stop = threading.Event()
     watchdog = threading.Timer(timeout_s, stop.set)
     watchdog.start()

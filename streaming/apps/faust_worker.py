@@ -3,15 +3,15 @@
 For teams that deploy Faust workers::
 
     corestream faust-worker                  # settings from CORESTREAM_* / --config, like `corestream run`
-    faust -A streaming.faust_app worker -l info
+    faust -A streaming.apps.faust_worker worker -l info
 
 The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
-each message with the processor's input rules (:func:`streaming.worker.decode`, :mod:`streaming.intake`),
-classifies the valid records with the live model (:class:`streaming.model_source.ModelSource`, one
+each message with the processor's input rules (:func:`streaming.pipeline.stages.decode`, :mod:`models.intake`),
+classifies the valid records with the live model (:class:`models.model_source.ModelSource`, one
 ``current()`` per batch), writes the results to the same
 sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
-(:class:`streaming.dead_letter.DeadLetterWriter`), using the processor's own stages
-(:class:`streaming.worker.InferenceStage`, :class:`streaming.worker.SinkStage`).
+(:class:`streaming.pipeline.dead_letters.DeadLetterWriter`), using the processor's own stages
+(:class:`streaming.pipeline.stages.InferenceStage`, :class:`streaming.pipeline.stages.SinkStage`).
 
 Delivery: Faust acks a ``take_events`` batch in the generator's ``finally`` block, i.e. as soon as the agent
 asks for the next batch *or leaves the loop for any reason* (exception, cancellation, worker stop), and its
@@ -38,15 +38,15 @@ from typing import Any
 import faust
 
 from config.cli import CommandError
+from config.clients import make_producer
 from config.settings import Settings, load_settings
-from streaming.dead_letter import DeadLetterWriter
-from streaming.health import HealthServer
-from streaming.kafka_clients import make_producer
-from streaming.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
-from streaming.model_source import ModelLoadError, ModelSource
-from streaming.offsets import Ownership
+from models.model_source import ModelLoadError, ModelSource
+from streaming.observability.health import HealthServer
+from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, MODEL_METRICS, RECORDS_CONSUMED
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.offsets import Ownership
+from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, decode
 from streaming.sinks import Sink, build_sinks
-from streaming.worker import Batch, Envelope, InferenceStage, SinkStage, decode
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class FaustPipeline:
     def start(self) -> BatchHandler:
         if self.handler is None:
             settings = self.settings
-            self._model_source = ModelSource(settings)
+            self._model_source = ModelSource(settings, hooks=MODEL_METRICS)
             predictor = self._model_source.load()
             self._model_source.start_reloading()
             producer = make_producer(settings)
@@ -216,7 +216,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         # batch.shutdown_timeout_s, and exits without committing if it cannot finish (see FaustPipeline.process).
         "stream_wait_empty": False,
         "store": "memory://",
-        "web_enabled": False,  # metrics/healthz/readyz come from streaming.health on metrics.port
+        "web_enabled": False,  # metrics/healthz/readyz come from streaming.observability.health on metrics.port
         "datadir": str(Path(tempfile.gettempdir()) / f"corestream-faust-{kafka.group_id}"),
         "key_serializer": "raw",
         "value_serializer": "raw",
@@ -277,7 +277,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """``faust -A streaming.faust_app``: the app is built from settings on first access."""
+    """``faust -A streaming.apps.faust_worker``: the app is built from settings on first access."""
     if name == "app":
         global app
         app = create_app(load_settings())
