@@ -2,7 +2,7 @@
 
 * :class:`BodyLimitMiddleware`: a body above ``api.max_body_bytes`` gets 413 before it is read (from its
   Content-Length) or as soon as the streamed bytes pass the limit (chunked bodies); nothing is echoed.
-* :func:`parse_json`: strict UTF-8, strict JSON (no NaN/Infinity, no lone surrogates, no numbers that
+* :func:`parse_json`: strict UTF-8, strict JSON (no NaN/Infinity, no lone surrogates in keys, no numbers that
   overflow, bounded nesting); the ``records`` array of a predict body is parsed one element at a time and
   refused with 413 as soon as it holds more than the record limit, so an oversize batch is never parsed whole.
 * :func:`safe_json`: what an error body may hold: short excerpts only, always valid JSON; the FastAPI error
@@ -266,18 +266,18 @@ def _expect(text: str, index: int, char: str) -> int:
 
 
 def _reject_surrogates(value: Any) -> None:
-    """ValueError if any text (key or value) holds a lone surrogate (a ``\\ud800`` escape)."""
+    """ValueError if an object key holds a lone surrogate (a ``\\ud800`` escape). Values are left to the record
+    rules (:mod:`models.records`), as in the stream: refused in an id, replaced by U+FFFD in the text."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError("text holds a lone surrogate (\\ud800-\\udfff escape)") from None
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
+        if isinstance(item, dict):
+            for key in item:
+                if not key.isascii():
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError("a key holds a lone surrogate (\\ud800-\\udfff escape)") from None
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
