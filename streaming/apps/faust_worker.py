@@ -38,15 +38,14 @@ from typing import Any
 import faust
 
 from config.cli import CommandError
-from config.clients import make_producer
 from config.settings import Settings, load_settings
 from models.model_source import ModelLoadError, ModelSource
-from streaming.observability.health import HealthServer
-from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, MODEL_METRICS, RECORDS_CONSUMED
+from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.pipeline.offsets import Ownership
 from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, decode
-from streaming.sinks import Sink, build_sinks
+from streaming.runtime import Runtime
+from streaming.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -124,33 +123,28 @@ class FaustPipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.handler: BatchHandler | None = None
-        self._health: HealthServer | None = None
-        self._model_source: ModelSource | None = None
+        self._runtime: Runtime | None = None
 
     def start(self) -> BatchHandler:
         if self.handler is None:
-            settings = self.settings
-            self._model_source = ModelSource(settings, hooks=MODEL_METRICS)
-            predictor = self._model_source.load()
-            self._model_source.start_reloading()
-            producer = make_producer(settings)
-            self.handler = BatchHandler(settings, self._model_source, build_sinks(settings, producer),
-                                        DeadLetterWriter(producer, settings))
-            if settings.metrics.enabled:
-                self._health = HealthServer(settings.metrics.host, settings.metrics.port,
-                                            ready=self.handler.ready).start()
+            runtime = Runtime(self.settings).open()
+            self._runtime = runtime
+            try:
+                predictor = runtime.model_source.current()
+                runtime.model_source.start_reloading()
+                handler = BatchHandler(self.settings, runtime.model_source, runtime.sinks, runtime.dead_letters)
+                runtime.serve_health(ready=handler.ready)
+            except BaseException:
+                runtime.close()
+                raise
+            self.handler = handler
             log.info("faust pipeline ready", extra={"model": predictor.info.name, "version": predictor.info.version,
                                                     "device": predictor.device})
         return self.handler
 
     def stop(self) -> None:
-        if self.handler is not None:
-            for sink in self.handler.sinks:
-                sink.close()
-        if self._model_source is not None:
-            self._model_source.stop()
-        if self._health is not None:
-            self._health.stop()
+        if self._runtime is not None:
+            self._runtime.close()
 
     async def process(self, events: Sequence[Any]) -> None:
         """One ``take_events`` batch. Each message is held (one extra reference) until the batch is durably
