@@ -6,7 +6,7 @@ For teams that deploy Faust workers::
     faust -A streaming.apps.faust_worker worker -l info
 
 The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
-each message with the processor's input rules (:func:`streaming.pipeline.stages.decode`, :mod:`models.intake`),
+each message with the processor's input rules (:func:`streaming.pipeline.envelope.decode`, :mod:`models.intake`),
 classifies the valid records with the live model (:class:`models.model_source.ModelSource`, one
 ``current()`` per batch), writes the results to the same
 sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
@@ -42,8 +42,9 @@ from config.settings import Settings, load_settings
 from models.model_source import ModelLoadError, ModelSource
 from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
 from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.envelope import Batch, Envelope, decode
 from streaming.pipeline.offsets import Ownership
-from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, decode
+from streaming.pipeline.stages import InferenceStage, SinkStage
 from streaming.runtime import Runtime
 from streaming.sinks import Sink
 

@@ -14,8 +14,8 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streaming.observability.metrics import COMMITS, STALLED_SINCE
+from streaming.pipeline.envelope import Batch
 from streaming.pipeline.offsets import CommitPositions, Ownership
-from streaming.pipeline.stages import Batch
 
 log = logging.getLogger(__name__)
 

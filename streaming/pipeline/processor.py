@@ -34,9 +34,10 @@ from streaming.pipeline.backpressure import Backpressure
 from streaming.pipeline.batcher import MicroBatcher
 from streaming.pipeline.commits import Committer
 from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.envelope import Batch, Envelope, decode
 from streaming.pipeline.offsets import Ownership
 from streaming.pipeline.offsets import TopicPartition as TP
-from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, SinkStopped, decode
+from streaming.pipeline.stages import InferenceStage, SinkStage, SinkStopped
 from streaming.sinks.base import Sink
 
 if TYPE_CHECKING:
