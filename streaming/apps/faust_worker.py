@@ -19,7 +19,8 @@ consumer commits acked offsets every ``broker_commit_interval``. So the agent ho
 message (``Message.incref``) and drops it only after the batch is durably written: until then Faust's ack does
 not make the offset committable. Sink outages are retried inside the handler (the agent blocks, Faust keeps
 heart-beating); a stop waits up to ``batch.shutdown_timeout_s`` for the batch in flight and otherwise leaves it
-uncommitted; a crashed handler exits the worker (status 75) so it restarts from the last commit.
+uncommitted; a crashed handler exits the worker (status 75) so it restarts from the last commit, and a sink that
+failed permanently (:class:`~streaming.pipeline.stages.SinkStopped`) exits it with status 2, as ``corestream run``.
 See docs/operations.md for the trade-offs against ``corestream run``.
 """
 
@@ -44,13 +45,14 @@ from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.pipeline.envelope import Batch, Envelope, decode
 from streaming.pipeline.offsets import Ownership
-from streaming.pipeline.stages import InferenceStage, SinkStage
+from streaming.pipeline.stages import InferenceStage, SinkStage, SinkStopped
 from streaming.runtime import Runtime
 from streaming.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 EXIT_BATCH_NOT_WRITTEN = 75  # EX_TEMPFAIL: restart me; the batch in flight was not committed
+EXIT_SINK_STOPPED = 2  # a sink failed permanently (SinkStopped): stop, as `corestream run` does; nothing committed
 
 
 class BatchHandler:
@@ -96,7 +98,8 @@ class BatchHandler:
         return env
 
     def handle(self, envelopes: list[Envelope]) -> bool:
-        """Classify, write and dead-letter one batch; True when all of it is durably done."""
+        """Classify, write and dead-letter one batch; True when all of it is durably done. Raises
+        :class:`SinkStopped` when a sink (or the dead-letter producer) failed permanently."""
         self.batches += 1
         batch = Batch(self.batches, list(envelopes))
         BATCH_RECORDS.observe(len(batch.items))
@@ -172,6 +175,8 @@ class FaustPipeline:
             if done:
                 _release(events)
             raise
+        except SinkStopped as exc:
+            _exit_without_commit(f"a sink failed permanently: {exc}", EXIT_SINK_STOPPED)
         except Exception:
             log.exception("batch handler crashed")
             _exit_without_commit("batch handler crashed")
@@ -186,12 +191,14 @@ def _release(events: Sequence[Any]) -> None:
         event.ack()
 
 
-def _exit_without_commit(why: str) -> None:
+def _exit_without_commit(why: str, status: int = EXIT_BATCH_NOT_WRITTEN) -> None:
     """Crash-stop on a handler failure: restarted, the worker consumes the batch again from the last commit
-    (otherwise Faust would restart the agent and carry on, with the held offsets blocking every later commit)."""
-    log.critical("exiting so the batch is not committed; it will be consumed again", extra={"why": why})
+    (otherwise Faust would restart the agent and carry on, with the held offsets blocking every later commit;
+    after a permanent sink failure it would retry for ever while looking alive)."""
+    log.critical("exiting so the batch is not committed; it will be consumed again",
+                 extra={"why": why, "status": status})
     logging.shutdown()
-    os._exit(EXIT_BATCH_NOT_WRITTEN)
+    os._exit(status)
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
