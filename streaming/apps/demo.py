@@ -24,7 +24,7 @@ from config.logging import mask, setup_logging
 from config.settings import Settings
 from models.records import ClassificationResult
 from streaming.apps.embedded import EmbeddedBroker, EmbeddedBrokerError
-from streaming.kafka import create_topics
+from streaming.kafka import create_topics, produce
 from streaming.observability.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -85,11 +85,16 @@ def produce_sample(settings: Settings, count: int, seed: int) -> tuple[dict[str,
         messages.insert((i + 1) * step + i, (None, value))
     producer = make_producer(settings)
     topic = settings.kafka.input_topics[0]
+    failed: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failed.append(str(error))
+
     for key, value in messages:
-        producer.produce(topic, value=value, key=key)
-        producer.poll(0)
-    if producer.flush(settings.sinks.delivery_timeout_s):
-        raise CommandError(f"could not publish the sample to {topic}")
+        produce(producer, topic, value=value, key=key, on_delivery=delivered)
+    if producer.flush(settings.sinks.delivery_timeout_s) or failed:
+        raise CommandError(f"could not publish the sample to {topic}" + (f": {failed[0]}" if failed else ""))
     return records, len(BAD_MESSAGES)
 
 
