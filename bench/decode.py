@@ -1,6 +1,6 @@
 """Decode benchmark (a script, not a test): the processor's per-message work before inference.
 
-Times :func:`streaming.pipeline.stages.decode` (parse the JSON, validate and normalise the record, skip rule, token
+Times :func:`streaming.pipeline.envelope.decode` (parse the JSON, validate and normalise the record, skip rule, token
 estimate) and :class:`streaming.pipeline.batcher.MicroBatcher` over real message values, as the consumer loop runs
 them, and optionally profiles it (``--profile``: the top functions by own time).
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config.settings import load_settings  # noqa: E402
 from models.model_source import ModelSource  # noqa: E402
 from streaming.pipeline.batcher import MicroBatcher  # noqa: E402
-from streaming.pipeline.stages import Envelope, decode  # noqa: E402
+from streaming.pipeline.envelope import Envelope, decode  # noqa: E402
 
 
 def message_values(data: str | None, count: int) -> list[bytes]:

@@ -45,9 +45,8 @@ from models.records import ClassificationResult, Record, parse_record  # noqa: E
 from streaming.apps.embedded import EmbeddedBroker  # noqa: E402
 from streaming.kafka import create_topics  # noqa: E402
 from streaming.observability.metrics import MODEL_METRICS, REGISTRY  # noqa: E402
-from streaming.pipeline.dead_letters import DeadLetterWriter  # noqa: E402
-from streaming.pipeline.processor import StreamProcessor  # noqa: E402
-from streaming.sinks import SinkFailure, build_sinks  # noqa: E402
+from streaming.runtime import Runtime  # noqa: E402
+from streaming.sinks import SinkFailure  # noqa: E402
 from tests.servers import NoidaServer  # noqa: E402
 
 
@@ -121,13 +120,15 @@ def produce(settings: Settings, records: Sequence[Record], rate: float | None = 
 
 
 def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thread, threading.Event, list]:
-    producer = make_producer(settings)
-    sinks = [*build_sinks(settings, producer), probe]
-    processor = StreamProcessor(settings, ModelSource(settings, hooks=MODEL_METRICS), sinks,
-                                DeadLetterWriter(producer, settings))
+    """The processor in a thread, with ``probe`` as its last sink; its runtime is closed when it stops."""
     stop = threading.Event()
     stats: list = []
-    thread = threading.Thread(target=lambda: stats.append(processor.run(stop)), daemon=True)
+
+    def run() -> None:
+        with Runtime(settings, extra_sinks=[probe]).open(load_model=False) as runtime:
+            stats.append(runtime.processor().run(stop))
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, stop, stats
 

@@ -122,12 +122,6 @@ class ModelSource:
         return self._live.dont_run_on if self._live else frozenset()
 
     @property
-    def pending_version(self) -> str | None:
-        """A reloaded version that is loaded and waits for the next batch, if any."""
-        pending = self._pending
-        return pending.version if pending else None
-
-    @property
     def manifest(self) -> Manifest | None:
         """The registry manifest of the live model (None for a local checkpoint or before loading)."""
         return self._live.manifest if self._live else None

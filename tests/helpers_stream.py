@@ -19,15 +19,11 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 
-from config.clients import make_producer
 from config.settings import Settings, load_settings
-from models.model_source import ModelSource
 from streaming.kafka import create_topics
 from streaming.kafka import produce as kafka_produce
-from streaming.observability.metrics import MODEL_METRICS
-from streaming.pipeline.dead_letters import DeadLetterWriter
-from streaming.pipeline.processor import ProcessorStats, StreamProcessor
-from streaming.sinks import build_sinks
+from streaming.pipeline.processor import ProcessorStats
+from streaming.runtime import Runtime
 
 PARTITIONS = 3
 
@@ -222,11 +218,11 @@ class ProcessorThread:
 
     def __init__(self, settings: Settings, until_drained: bool = False) -> None:
         self.settings = settings
-        self.model_source = ModelSource(settings, hooks=MODEL_METRICS)
-        self.producer = make_producer(settings)
-        self.sinks = build_sinks(settings, self.producer)
-        self.processor = StreamProcessor(settings, self.model_source, self.sinks,
-                                         DeadLetterWriter(self.producer, settings))
+        self.runtime = Runtime(settings).open(load_model=False)
+        self.model_source = self.runtime.model_source
+        self.producer = self.runtime.producer
+        self.sinks = self.runtime.sinks
+        self.processor = self.runtime.processor()
         self.stop_event = threading.Event()
         self.stats: ProcessorStats | None = None
         self.error: BaseException | None = None
@@ -245,8 +241,7 @@ class ProcessorThread:
     def join(self, timeout: float) -> ProcessorStats:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), f"processor still running after {timeout}s"
-        for sink in self.sinks:
-            sink.close()
+        self.runtime.close()
         if self.error is not None:
             raise self.error
         assert self.stats is not None

@@ -19,9 +19,10 @@ from config.clients import make_producer
 from config.settings import Settings
 from models.model_source import ModelSource
 from models.records import ClassificationResult
-from streaming.apps.faust_worker import BatchHandler, create_app, faust_config
+from streaming.apps.faust_worker import EXIT_SINK_STOPPED, BatchHandler, create_app, faust_config
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.sinks import JsonlSink, SinkFailure, SinkUnavailable
+from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
     committed_offsets,
     es_docs,
@@ -232,3 +233,31 @@ def test_faust_worker_with_a_missing_model_fails_clearly(tmp_path: Path) -> None
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot start the Faust worker: model checkpoint directory not found" in result.stderr
+
+
+@pytest.mark.timeout(150)
+def test_faust_worker_stops_with_a_non_zero_exit_when_a_sink_fails_permanently(noida, es_url: str,
+                                                                                tmp_path: Path) -> None:
+    """A whole-request 4xx from Elasticsearch, also after recreating the client, is permanent for the sink
+    (SinkStopped): the worker exits with EXIT_SINK_STOPPED instead of retrying for ever, and commits nothing."""
+    with EsFaultProxy(es_url) as proxy:
+        settings = stream_settings(noida.bootstrap, proxy.url, log_format="json")
+        topic = settings.kafka.input_topics[0]
+        produce(noida.bootstrap, topic, record_messages(sample_records(20, prefix="stop")))
+        proxy.fail_all(400)
+        log = tmp_path / "worker.log"
+        with open(log, "wb") as out:
+            worker = subprocess.Popen([sys.executable, "-m", "streaming.cli", "faust-worker"], cwd=ROOT,
+                                      env={**os.environ, **settings_env(settings)}, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        try:
+            code = worker.wait(120)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert code == EXIT_SINK_STOPPED, log.read_text()[-3000:]
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        assert any(line.get("status") == EXIT_SINK_STOPPED
+                   and "elasticsearch failed permanently after recreating" in line.get("why", "") for line in lines)
+        assert proxy.count("_bulk", 400) <= 4  # tried, recreated, tried again: no endless retry
+    assert set(committed_offsets(noida.bootstrap, settings.kafka.group_id, topic).values()) == {-1001}

@@ -56,12 +56,12 @@ def test_model_source_polls_swaps_and_survives_a_bad_version(registry_env: Setti
     source = ModelSource(registry_env.model_copy(update={"model": registry_env.model.model_copy(
         update={"model": "registry://demo@prod", "reload_interval_s": 0.2})}), hooks=MODEL_METRICS)
     assert source.current().info.version == "v1"
-    source.start_reloading()
     try:
         registry.promote("demo", "v2", "prod")
-        wait_for(lambda: source.pending_version == "v2", 20, "v2 loaded in the background")
+        assert source.check_for_update()  # what the reload thread does each interval: v2 loaded, ready to swap
         assert serving("v1")  # nothing changes until the processor asks for the next batch's model
         assert source.current().info.version == "v2" and serving("v2")
+        source.start_reloading()  # from here on the reload thread polls the alias
 
         tamper(registry_env, registry, "v3")
         failures = metric("corestream_model_reloads_total", outcome="failure")
@@ -72,8 +72,8 @@ def test_model_source_polls_swaps_and_survives_a_bad_version(registry_env: Setti
 
         registry.demote("demo", "prod")  # back to v2: nothing to do, and the failure flag stays until a success
         registry.demote("demo", "prod")  # back to v1, reused from the verified cache
-        wait_for(lambda: source.pending_version == "v1", 20, "v1 reloaded")
-        assert source.current().info.version == "v1" and metric("corestream_model_reload_failed") == 0.0
+        wait_for(lambda: source.current().info.version == "v1", 20, "v1 reloaded and swapped in")
+        assert metric("corestream_model_reload_failed") == 0.0
     finally:
         source.stop()
 
@@ -114,7 +114,7 @@ def test_promotion_mid_stream(noida: NoidaServer, moto_server: MotoServer, check
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "the first records in ES")
             registry.promote("demo", "v2", "prod")
             feed("during", chunks=8)  # the swap happens somewhere in here, between two batches
-            wait_for(lambda: serving("v2") or proc.model_source.pending_version, 30, "v2 loaded")
+            wait_for(lambda: proc.model_source.current().info.version == "v2", 30, "v2 loaded")
             feed("after")
             wait_for(lambda: es_count(noida.es_url, index) == produced, 60, "every record in ES")
             tamper(settings, registry, "v3")

@@ -147,7 +147,7 @@ def test_sigkill_mid_stream_three_times_loses_nothing(tansu, es_url: str, tmp_pa
 
 def _describe(bootstrap: str, settings, ends: dict[int, int], *procs) -> str:
     """What the members and the group look like (for timeout messages)."""
-    members = [{"owned": sorted(p.processor.ownership.partitions()), "paused": p.processor._paused,
+    members = [{"owned": sorted(p.processor.ownership.partitions()), "paused": p.processor.backpressure.paused,
                 "in_flight": p.processor._in_flight, "ready": len(p.processor._ready),
                 "stats": p.processor.stats} for p in procs]
     committed = committed_offsets(bootstrap, settings.kafka.group_id, settings.kafka.input_topics[0])
@@ -191,7 +191,7 @@ def test_elasticsearch_outage_pauses_without_commits_abandons_on_revoke_then_rec
                 assert committed_offsets(bootstrap, settings.kafka.group_id, topic) == before
                 assert proc.thread.is_alive() and proc.error is None
                 time.sleep(2)
-            assert proc.processor._paused
+            assert proc.processor.backpressure.paused
             assert _http_status(base + "/healthz") == 200 and _http_status(base + "/readyz") == 503
             assert es_count(es_url, index) == len(first)
             assert {tp: proc.processor.ownership.epoch(tp) for tp in epochs} == epochs  # still the same assignment

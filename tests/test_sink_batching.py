@@ -13,8 +13,9 @@ import pytest
 
 from config.clients import make_producer
 from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.envelope import Batch, Envelope
 from streaming.pipeline.offsets import Ownership
-from streaming.pipeline.stages import Batch, Envelope, SinkStage
+from streaming.pipeline.stages import SinkStage
 from streaming.sinks import JsonlSink
 from tests.helpers_stream import (
     ProcessorThread,

@@ -17,9 +17,10 @@ from config.clients import make_producer
 from config.settings import SettingsError, load_settings
 from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
 from streaming.pipeline.dead_letters import MAX_ERROR_BYTES, DeadLetterError, DeadLetterWriter, build_dead_letter
+from streaming.pipeline.envelope import Batch, Envelope
 from streaming.pipeline.offsets import Ownership
 from streaming.pipeline.processor import PipelineError
-from streaming.pipeline.stages import REASON_SINK_FAILED, Batch, Envelope, SinkStage
+from streaming.pipeline.stages import REASON_SINK_FAILED, SinkStage
 from streaming.sinks import JsonlSink, OutputTopicSink, build_sinks
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (

@@ -24,8 +24,8 @@ from config.logging import mask, setup_logging
 from config.settings import Settings
 from models.records import ClassificationResult
 from streaming.apps.embedded import EmbeddedBroker, EmbeddedBrokerError
-from streaming.kafka import create_topics
-from streaming.observability.metrics import MODEL_METRICS, REGISTRY
+from streaming.kafka import create_topics, produce
+from streaming.observability.metrics import REGISTRY
 
 if TYPE_CHECKING:
     from streaming.pipeline.processor import ProcessorStats
@@ -85,11 +85,16 @@ def produce_sample(settings: Settings, count: int, seed: int) -> tuple[dict[str,
         messages.insert((i + 1) * step + i, (None, value))
     producer = make_producer(settings)
     topic = settings.kafka.input_topics[0]
+    failed: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failed.append(str(error))
+
     for key, value in messages:
-        producer.produce(topic, value=value, key=key)
-        producer.poll(0)
-    if producer.flush(settings.sinks.delivery_timeout_s):
-        raise CommandError(f"could not publish the sample to {topic}")
+        produce(producer, topic, value=value, key=key, on_delivery=delivered)
+    if producer.flush(settings.sinks.delivery_timeout_s) or failed:
+        raise CommandError(f"could not publish the sample to {topic}" + (f": {failed[0]}" if failed else ""))
     return records, len(BAD_MESSAGES)
 
 
@@ -117,31 +122,24 @@ def process_until_drained(settings: Settings, timeout_s: float) -> tuple[Process
 
     Returns (stats, seconds, timed out). Every client is closed on return, before the broker stops.
     """
-    from models.model_source import ModelSource
-    from streaming.pipeline.dead_letters import DeadLetterWriter
-    from streaming.pipeline.processor import StreamProcessor
-    from streaming.sinks import build_sinks
+    from streaming.runtime import Runtime
 
-    producer = make_producer(settings)
-    sinks = build_sinks(settings, producer)
-    es_url = settings.elasticsearch.url
-    print(f"sinks: {', '.join(sink.name for sink in sinks)}" + (f" ({mask(es_url)})" if es_url else ""))
-    unreachable = [sink.name for sink in sinks if not sink.check()]
-    if unreachable:
-        raise CommandError(f"sink(s) not reachable: {', '.join(unreachable)}"
-                           + (f" (Elasticsearch at {mask(es_url)})" if "elasticsearch" in unreachable else ""))
-    processor = StreamProcessor(settings, ModelSource(settings, hooks=MODEL_METRICS), sinks,
-                                DeadLetterWriter(producer, settings))
-    stop = threading.Event()
-    watchdog = threading.Timer(timeout_s, stop.set)
-    watchdog.start()
-    started = time.monotonic()
-    try:
-        stats = processor.run(stop, until_drained=True)
-    finally:
-        watchdog.cancel()
-        for sink in sinks:
-            sink.close()
+    with Runtime(settings).open(load_model=False) as runtime:
+        es_url = settings.elasticsearch.url
+        print(f"sinks: {', '.join(sink.name for sink in runtime.sinks)}" + (f" ({mask(es_url)})" if es_url else ""))
+        unreachable = [sink.name for sink in runtime.sinks if not sink.check()]
+        if unreachable:
+            raise CommandError(f"sink(s) not reachable: {', '.join(unreachable)}"
+                               + (f" (Elasticsearch at {mask(es_url)})" if "elasticsearch" in unreachable else ""))
+        processor = runtime.processor()
+        stop = threading.Event()
+        watchdog = threading.Timer(timeout_s, stop.set)
+        watchdog.start()
+        started = time.monotonic()
+        try:
+            stats = processor.run(stop, until_drained=True)
+        finally:
+            watchdog.cancel()
     return stats, time.monotonic() - started, stop.is_set()
 
 

@@ -46,7 +46,9 @@ def wait_listening(port: int, timeout_s: float, proc: subprocess.Popen | None = 
 class ManagedProcess:
     """A local server subprocess in its own process group, logging to a temp file; a context manager.
 
-    Subclasses give ``command()`` and ``wait_ready()``; ``stop()`` then ``start()`` again simulates an outage.
+    Subclasses give ``command()`` and ``wait_ready()``. The one copy: :class:`EmbeddedBroker` (the demo's and the
+    benchmarks' broker) and the test servers (``tests/servers.py``: Tansu, noida-db, moto) build on it; tests use
+    ``stop()`` then ``start()`` again to simulate an outage.
     """
 
     name = "server"

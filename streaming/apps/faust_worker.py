@@ -6,7 +6,7 @@ For teams that deploy Faust workers::
     faust -A streaming.apps.faust_worker worker -l info
 
 The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
-each message with the processor's input rules (:func:`streaming.pipeline.stages.decode`, :mod:`models.intake`),
+each message with the processor's input rules (:func:`streaming.pipeline.envelope.decode`, :mod:`models.intake`),
 classifies the valid records with the live model (:class:`models.model_source.ModelSource`, one
 ``current()`` per batch), writes the results to the same
 sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
@@ -19,7 +19,8 @@ consumer commits acked offsets every ``broker_commit_interval``. So the agent ho
 message (``Message.incref``) and drops it only after the batch is durably written: until then Faust's ack does
 not make the offset committable. Sink outages are retried inside the handler (the agent blocks, Faust keeps
 heart-beating); a stop waits up to ``batch.shutdown_timeout_s`` for the batch in flight and otherwise leaves it
-uncommitted; a crashed handler exits the worker (status 75) so it restarts from the last commit.
+uncommitted; a crashed handler exits the worker (status 75) so it restarts from the last commit, and a sink that
+failed permanently (:class:`~streaming.pipeline.stages.SinkStopped`) exits it with status 2, as ``corestream run``.
 See docs/operations.md for the trade-offs against ``corestream run``.
 """
 
@@ -38,19 +39,20 @@ from typing import Any
 import faust
 
 from config.cli import CommandError
-from config.clients import make_producer
 from config.settings import Settings, load_settings
 from models.model_source import ModelLoadError, ModelSource
-from streaming.observability.health import HealthServer
-from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, MODEL_METRICS, RECORDS_CONSUMED
+from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
 from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.envelope import Batch, Envelope, decode
 from streaming.pipeline.offsets import Ownership
-from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, decode
-from streaming.sinks import Sink, build_sinks
+from streaming.pipeline.stages import InferenceStage, SinkStage, SinkStopped
+from streaming.runtime import Runtime
+from streaming.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 EXIT_BATCH_NOT_WRITTEN = 75  # EX_TEMPFAIL: restart me; the batch in flight was not committed
+EXIT_SINK_STOPPED = 2  # a sink failed permanently (SinkStopped): stop, as `corestream run` does; nothing committed
 
 
 class BatchHandler:
@@ -96,7 +98,8 @@ class BatchHandler:
         return env
 
     def handle(self, envelopes: list[Envelope]) -> bool:
-        """Classify, write and dead-letter one batch; True when all of it is durably done."""
+        """Classify, write and dead-letter one batch; True when all of it is durably done. Raises
+        :class:`SinkStopped` when a sink (or the dead-letter producer) failed permanently."""
         self.batches += 1
         batch = Batch(self.batches, list(envelopes))
         BATCH_RECORDS.observe(len(batch.items))
@@ -124,33 +127,28 @@ class FaustPipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.handler: BatchHandler | None = None
-        self._health: HealthServer | None = None
-        self._model_source: ModelSource | None = None
+        self._runtime: Runtime | None = None
 
     def start(self) -> BatchHandler:
         if self.handler is None:
-            settings = self.settings
-            self._model_source = ModelSource(settings, hooks=MODEL_METRICS)
-            predictor = self._model_source.load()
-            self._model_source.start_reloading()
-            producer = make_producer(settings)
-            self.handler = BatchHandler(settings, self._model_source, build_sinks(settings, producer),
-                                        DeadLetterWriter(producer, settings))
-            if settings.metrics.enabled:
-                self._health = HealthServer(settings.metrics.host, settings.metrics.port,
-                                            ready=self.handler.ready).start()
+            runtime = Runtime(self.settings).open()
+            self._runtime = runtime
+            try:
+                predictor = runtime.model_source.current()
+                runtime.model_source.start_reloading()
+                handler = BatchHandler(self.settings, runtime.model_source, runtime.sinks, runtime.dead_letters)
+                runtime.serve_health(ready=handler.ready)
+            except BaseException:
+                runtime.close()
+                raise
+            self.handler = handler
             log.info("faust pipeline ready", extra={"model": predictor.info.name, "version": predictor.info.version,
                                                     "device": predictor.device})
         return self.handler
 
     def stop(self) -> None:
-        if self.handler is not None:
-            for sink in self.handler.sinks:
-                sink.close()
-        if self._model_source is not None:
-            self._model_source.stop()
-        if self._health is not None:
-            self._health.stop()
+        if self._runtime is not None:
+            self._runtime.close()
 
     async def process(self, events: Sequence[Any]) -> None:
         """One ``take_events`` batch. Each message is held (one extra reference) until the batch is durably
@@ -177,6 +175,8 @@ class FaustPipeline:
             if done:
                 _release(events)
             raise
+        except SinkStopped as exc:
+            _exit_without_commit(f"a sink failed permanently: {exc}", EXIT_SINK_STOPPED)
         except Exception:
             log.exception("batch handler crashed")
             _exit_without_commit("batch handler crashed")
@@ -191,12 +191,14 @@ def _release(events: Sequence[Any]) -> None:
         event.ack()
 
 
-def _exit_without_commit(why: str) -> None:
+def _exit_without_commit(why: str, status: int = EXIT_BATCH_NOT_WRITTEN) -> None:
     """Crash-stop on a handler failure: restarted, the worker consumes the batch again from the last commit
-    (otherwise Faust would restart the agent and carry on, with the held offsets blocking every later commit)."""
-    log.critical("exiting so the batch is not committed; it will be consumed again", extra={"why": why})
+    (otherwise Faust would restart the agent and carry on, with the held offsets blocking every later commit;
+    after a permanent sink failure it would retry for ever while looking alive)."""
+    log.critical("exiting so the batch is not committed; it will be consumed again",
+                 extra={"why": why, "status": status})
     logging.shutdown()
-    os._exit(EXIT_BATCH_NOT_WRITTEN)
+    os._exit(status)
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:

@@ -12,15 +12,11 @@ from dataclasses import asdict
 from confluent_kafka import KafkaException
 
 from config.cli import CommandError
-from config.clients import make_producer
 from config.settings import Settings
-from models.model_source import ModelLoadError, ModelSource
+from models.model_source import ModelLoadError
 from streaming.kafka import create_topics
-from streaming.observability.health import HealthServer
-from streaming.observability.metrics import MODEL_METRICS
-from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.pipeline.processor import PipelineError, ProcessorStats, StreamProcessor
-from streaming.sinks import build_sinks
+from streaming.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +37,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(settings: Settings, *, until_drained: bool = False, create: bool = False) -> int:
-    model_source = ModelSource(settings, hooks=MODEL_METRICS)
     try:
-        model_source.load()
-    except ModelLoadError as exc:
+        runtime = Runtime(settings).open()
+    except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    if create:
-        create_topics(settings)
-    producer = make_producer(settings)
-    try:
-        sinks = build_sinks(settings, producer)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    processor = StreamProcessor(settings, model_source, sinks, DeadLetterWriter(producer, settings))
-    stop = threading.Event()
-    _handle_signals(stop, processor)
-    health = None
-    if settings.metrics.enabled:
-        health = HealthServer(settings.metrics.host, settings.metrics.port, health=processor.health,
-                              ready=processor.ready, probe_timeout_s=settings.metrics.probe_timeout_s).start()
-    model_source.start_reloading()
-    try:
-        stats = processor.run(stop, until_drained=until_drained)
-    except (PipelineError, KafkaException) as exc:
-        raise CommandError(f"processor stopped: {exc}") from None
-    finally:
-        model_source.stop()
-        if health is not None:
-            health.stop()
-        for sink in sinks:
-            sink.close()
-        producer.flush(settings.sinks.delivery_timeout_s)
+    with runtime:
+        if create:
+            create_topics(settings)
+        processor = runtime.processor()
+        stop = threading.Event()
+        _handle_signals(stop, processor)
+        runtime.serve_health(health=processor.health, ready=processor.ready)
+        runtime.model_source.start_reloading()
+        try:
+            stats = processor.run(stop, until_drained=until_drained)
+        except (PipelineError, KafkaException) as exc:
+            raise CommandError(f"processor stopped: {exc}") from None
     print(json.dumps(_summary(stats)))
     return 0
 

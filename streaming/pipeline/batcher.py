@@ -1,7 +1,7 @@
 """Micro-batching: group items until a record count, a token budget or a waiting time is reached.
 
-Pure bookkeeping (no I/O, no threads, no clock of its own): the caller passes ``now`` so the
-processor loop and the tests decide what time it is.
+Pure bookkeeping (no I/O, no threads). Times are ``time.monotonic()``; ``add`` and ``due`` take an optional
+``now`` so that tests can decide what time it is (the processor passes none).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Only the main thread touches the consumer: it polls, decodes, batches, hands batches to the inference
 thread, and commits the batches that the sink thread reports done, in order. Offsets of a batch are
-committed only after every sink acknowledged it and its dead letters were confirmed (at-least-once).
-See docs/processor.md.
+committed only after every sink acknowledged it and its dead letters were confirmed (at-least-once):
+:class:`~streaming.pipeline.commits.Committer`. Pausing and resuming the partitions:
+:class:`~streaming.pipeline.backpressure.Backpressure`. See docs/processor.md.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ from config.settings import Settings
 from streaming.observability.metrics import (
     BATCH_RECORDS,
     BATCH_TOKENS,
-    COMMITS,
     CONSUMER_LAG,
     IN_FLIGHT_BATCHES,
-    PAUSED,
     RECORDS_CONSUMED,
-    STALLED_SINCE,
 )
+from streaming.pipeline.backpressure import Backpressure
 from streaming.pipeline.batcher import MicroBatcher
+from streaming.pipeline.commits import Committer
 from streaming.pipeline.dead_letters import DeadLetterWriter
-from streaming.pipeline.offsets import CommitPositions, Ownership
+from streaming.pipeline.envelope import Batch, Envelope, decode
+from streaming.pipeline.offsets import Ownership
 from streaming.pipeline.offsets import TopicPartition as TP
-from streaming.pipeline.stages import Batch, Envelope, InferenceStage, SinkStage, SinkStopped, decode
+from streaming.pipeline.stages import InferenceStage, SinkStage, SinkStopped
 from streaming.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 60.0  # /healthz fails when the loop has not turned for this long
 LAG_INTERVAL_S = 2.0
-COMMIT_RETRY_S = 1.0
-PAUSE_AFTER_S = 1.0  # a full backlog waiting longer than this pauses the partitions
 
 
 class PipelineError(RuntimeError):
@@ -79,30 +78,24 @@ class StreamProcessor:
         self.batcher: MicroBatcher[Envelope] = MicroBatcher(batch.max_batch_records, batch.max_batch_tokens,
                                                             batch.max_wait_ms)
         self.ownership = Ownership()
-        self.positions = CommitPositions(self.ownership)
         self.stats = ProcessorStats()
         self._skip_sources = frozenset(settings.skip_sources)
         self._consumer: Consumer | None = None
         self._infer_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
         self._sink_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
         self._done_q: queue.Queue[Batch | None] = queue.Queue()
+        self.committer = Committer(self.ownership, self._done_q)
+        self.backpressure = Backpressure(batch.queue_depth, settings.kafka.max_poll_interval_ms)
         self._ready: deque[Batch] = deque()  # closed batches waiting for room in the inference queue
         self._in_flight = 0
         self._seq = 0
-        self._paused = False
         self._stopping = False
         self._closing = False
-        self._outage = False
         self._crash: BaseException | None = None
         self._abort = threading.Event()
         self._progress = threading.Event()  # set by the stages when they take or finish a batch
-        self._full_since: float | None = None
-        self._pause_new = False  # newly (incrementally) assigned partitions must be paused like the others
-        self._pause_after_s = min(PAUSE_AFTER_S, settings.kafka.max_poll_interval_ms / 1000 / 4)
         self._at_eof: set[TP] = set()
         self._heartbeat = time.monotonic()
-        self._waiting_since: float | None = None  # wall time since which work waits with no commit
-        self._commit_retry_at = 0.0
         self._lag_at = 0.0
         self._inference: InferenceStage | None = None
         self._sink_stage: SinkStage | None = None
@@ -139,8 +132,7 @@ class StreamProcessor:
         """Liveness: no crashed thread, the loop turned recently, and work that waits has not waited longer than
         ``batch.stalled_after_s`` without a commit."""
         age = time.monotonic() - self._heartbeat
-        since = self._waiting_since
-        stalled_s = time.time() - since if since is not None else 0.0
+        stalled_s = self.committer.stalled_for()
         ok = self._crash is None and age < STUCK_AFTER_S and stalled_s < self.settings.batch.stalled_after_s
         return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None,
                     "uncommitted_for_s": round(stalled_s, 3), "stalled_after_s": self.settings.batch.stalled_after_s}
@@ -156,7 +148,7 @@ class StreamProcessor:
             log.debug("model not ready", extra={"error": str(exc)})
         sinks = {sink.name: bool(sink.check()) for sink in self.sinks}
         ok = bool(assigned) and model is not None and all(sinks.values())
-        return ok, {"assigned": assigned, "model": model, "sinks": sinks, "paused": self._paused}
+        return ok, {"assigned": assigned, "model": model, "sinks": sinks, "paused": self.backpressure.paused}
 
     # ------------------------------------------------------------------ main loop
 
@@ -172,8 +164,9 @@ class StreamProcessor:
             if until_drained and self._drained():
                 log.info("input drained", extra={"consumed": self.stats.consumed})
                 return
-            if self._paused or self._backlog_full():
-                if self._paused:
+            paused = self.backpressure.paused
+            if paused or self.backpressure.full(len(self._ready)):
+                if paused:
                     self._poll(0)  # keeps the membership and serves callbacks
                 self._progress.wait(0.05)  # until a stage takes or finishes a batch
                 self._progress.clear()
@@ -250,85 +243,24 @@ class StreamProcessor:
             self.stats.batches += 1
         IN_FLIGHT_BATCHES.set(self._in_flight + len(self._ready))
 
-    def _backlog_full(self) -> bool:
-        return len(self._ready) >= self.settings.batch.queue_depth
-
     def _apply_backpressure(self) -> None:
-        """Pause every assigned partition when a sink is down, when stopping, or when ``queue_depth`` batches have
-        waited for room longer than ``PAUSE_AFTER_S``; resume once nothing waits.
-
-        Shorter waits are bridged by not polling (well within ``max.poll.interval.ms``): resuming a paused
-        partition costs a new fetch from the broker, often far longer than a batch takes."""
-        now = time.monotonic()
-        if not self._backlog_full():
-            self._full_since = None
-        elif self._full_since is None:
-            self._full_since = now
-        stalled = self._full_since is not None and now - self._full_since >= self._pause_after_s
-        want = self._outage or self._stopping or stalled or (self._paused and bool(self._ready))
-        if want == self._paused and not self._pause_new:
-            return
-        self._pause_new = False
-        partitions = [TopicPartition(t, p) for t, p in self.ownership.partitions()]
-        if partitions:
-            (self._consumer.pause if want else self._consumer.resume)(partitions)
-        if want != self._paused:
-            log.info("consumption paused" if want else "consumption resumed",
-                     extra={"waiting_batches": len(self._ready), "sink_outage": self._outage})
-        self._set_paused(want)
-
-    def _set_paused(self, paused: bool) -> None:
-        self._paused = paused
-        PAUSED.set(int(paused))
+        self.backpressure.apply(self._consumer, self.ownership.partitions(), waiting=len(self._ready),
+                                stopping=self._stopping)
 
     def _commit_completed(self) -> None:
-        while True:
-            try:
-                batch = self._done_q.get_nowait()
-            except queue.Empty:
-                break
-            if batch is None:
-                continue
-            self._in_flight -= 1
-            if batch.abandoned:
-                self.stats.abandoned_batches += 1
-            else:
-                self.positions.add(batch.positions)
-        self._commit()
-
-    def _commit(self) -> None:
-        offsets = self.positions.to_commit()
-        if not offsets or time.monotonic() < self._commit_retry_at:
-            return
-        request = [TopicPartition(t, p, offset) for (t, p), offset in offsets.items()]
-        try:
-            answer = self._consumer.commit(offsets=request, asynchronous=False)
-        except KafkaException as exc:
-            self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
-            log.warning("offset commit failed; will retry", extra={"error": str(exc)})
-            return
-        done = {(tp.topic, tp.partition): tp.offset for tp in answer or request if not tp.error}
-        self.positions.mark_committed(done)
-        COMMITS.inc()
-        self.stats.commits += 1
-        if done:
-            self._waiting_since = None  # progress: a stall is measured from here again
-
-    def _work_waits(self) -> bool:
-        return bool(self._in_flight or self._ready or len(self.batcher) or self.positions.to_commit())
+        self._in_flight -= self.committer.collect()
+        self.committer.commit(self._consumer)
+        self.stats.commits, self.stats.abandoned_batches = self.committer.commits, self.committer.abandoned_batches
 
     def _track_waiting(self) -> None:
         """``corestream_stalled_since_seconds``: since when consumed work has waited with no commit."""
-        if not self._work_waits():
-            self._waiting_since = None
-        elif self._waiting_since is None:
-            self._waiting_since = time.time()
-        STALLED_SINCE.set(self._waiting_since or 0)
+        self.committer.track_waiting(bool(self._in_flight or self._ready or len(self.batcher)
+                                          or self.committer.pending()))
 
     def _drained(self) -> bool:
         assigned = self.ownership.partitions()
         return (bool(assigned) and assigned <= self._at_eof and not len(self.batcher) and not self._ready
-                and not self._in_flight and not self.positions.to_commit())
+                and not self._in_flight and not self.committer.pending())
 
     def _update_lag(self) -> None:
         now = time.monotonic()
@@ -339,7 +271,7 @@ class StreamProcessor:
             tp = TopicPartition(topic, partition)
             try:
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                base = self.positions.committed.get((topic, partition))
+                base = self.committer.positions.committed.get((topic, partition))
                 if base is None:
                     base = self._consumer.position([tp])[0].offset
             except KafkaException:
@@ -355,14 +287,10 @@ class StreamProcessor:
         self._at_eof.difference_update(tps)
         if "cooperative" in self.settings.kafka.partition_assignment_strategy:
             consumer.incremental_assign(partitions)
-            self._pause_new = self._paused  # the loop pauses them too, outside the callback
+            self.backpressure.assigned_incrementally()  # the loop pauses them too, outside the callback
         else:
             consumer.assign(partitions)
-            # librdkafka keeps a partition's pause flag across an unassign/assign, so a partition paused before
-            # the rebalance would stay paused for good: start the new assignment unpaused; the loop pauses
-            # again if still needed.
-            consumer.resume(partitions)
-            self._set_paused(False)
+            self.backpressure.assigned_anew(consumer, partitions)  # librdkafka's pause flag survives a rebalance
         log.info("partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in tps]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -383,7 +311,7 @@ class StreamProcessor:
 
     def _release(self, partitions: set[TP], why: str) -> None:
         self.ownership.revoke(partitions)
-        self.positions.forget(partitions)
+        self.committer.positions.forget(partitions)
         self._at_eof.difference_update(partitions)
         dropped = self.batcher.discard(lambda env: env.tp in partitions)
         for batch in self._ready:
@@ -405,7 +333,7 @@ class StreamProcessor:
         self._sink_stage = SinkStage(
             self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
             max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self._on_outage,
+            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self.backpressure.on_outage,
             group_records=self.settings.sinks.batch_records, group_bytes=self.settings.sinks.batch_bytes,
             group_wait_ms=self.settings.sinks.batch_wait_ms, max_in_flight=self.settings.sinks.max_in_flight,
             inbox=self._sink_q, outbox=self._done_q, **common)
@@ -414,9 +342,6 @@ class StreamProcessor:
 
     def _on_crash(self, exc: BaseException) -> None:
         self._crash = exc
-
-    def _on_outage(self, down: bool) -> None:
-        self._outage = down
 
     def _finish(self) -> None:
         """Graceful stop: no new input; finish, write and commit what is in flight within the shutdown timeout."""
@@ -451,8 +376,8 @@ class StreamProcessor:
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing the consumer failed", extra={"error": str(exc)})
         IN_FLIGHT_BATCHES.set(0)
-        PAUSED.set(0)
-        STALLED_SINCE.set(0)
+        self.backpressure.reset()
+        self.committer.track_waiting(False)
         stats = self._snapshot()
         log.info("processor stopped", extra=vars(stats))
 

@@ -1,4 +1,4 @@
-"""The two worker stages of the processor pipeline and the work items that flow through it.
+"""The two worker stages of the processor pipeline (the work items are in :mod:`streaming.pipeline.envelope`).
 
 ``main thread (poll, decode, batch) -> [infer queue] -> InferenceStage -> [sink queue] -> SinkStage
 -> [done queue] -> main thread (commit)``. Each stage is one thread, so batches stay in consumption
@@ -13,14 +13,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from config.settings import RecordSettings
-from models.intake import estimate_tokens, parse_input, skipped_source
-from models.records import ClassificationResult, Record, RecordError
+from models.records import ClassificationResult, RecordError
 from streaming.observability.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
@@ -28,11 +25,11 @@ from streaming.observability.metrics import (
     PREDICTIONS_CORENESS,
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
-    RECORDS_SKIPPED,
     SINK_ERRORS,
 )
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
-from streaming.pipeline.offsets import Ownership, TopicPartition
+from streaming.pipeline.envelope import Batch, Envelope
+from streaming.pipeline.offsets import Ownership
 from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
 
 if TYPE_CHECKING:
@@ -43,65 +40,6 @@ log = logging.getLogger(__name__)
 REASON_SINK_FAILED = "sink_failed"
 REASON_INFERENCE_FAILED = "inference_failed"
 UNEXPECTED = "unexpected error:"
-
-
-@dataclass(slots=True)
-class Envelope:
-    """One consumed message and what became of it."""
-
-    topic: str
-    partition: int
-    offset: int
-    epoch: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_s: float | None  # the message timestamp (producer or broker time), for end-to-end latency
-    tokens: int = 0  # the model's token estimate (0 for records that are not classified)
-    record: Record | None = None
-    rejection: RecordError | None = None  # -> dead letter
-    skipped_source: str | None = None  # passed through unclassified
-    result: ClassificationResult | None = None
-
-    @property
-    def tp(self) -> TopicPartition:
-        return self.topic, self.partition
-
-    @property
-    def to_classify(self) -> bool:
-        return self.record is not None and self.rejection is None and self.skipped_source is None
-
-
-def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str], model_source: ModelSource) -> None:
-    """Validate ``env.value`` (:mod:`models.intake`): set ``record`` and its token estimate, or a ``rejection``
-    (-> dead letter), or ``skipped_source`` for records this model must not run on (counted in
-    ``RECORDS_SKIPPED``)."""
-    try:
-        env.record = parse_input(env.value or b"", records)
-    except RecordError as exc:
-        env.rejection = exc
-        return
-    env.skipped_source = skipped_source(env.record, skip_sources, model_source)
-    if env.skipped_source is not None:
-        RECORDS_SKIPPED.labels(source=env.skipped_source).inc()
-        return
-    env.tokens = estimate_tokens(env.record, model_source)
-
-
-@dataclass
-class Batch:
-    """A micro-batch; ``positions`` is what committing it means: ``{tp: (next_offset, epoch)}``."""
-
-    seq: int
-    items: list[Envelope]
-    tokens: int = field(init=False)
-    positions: dict[TopicPartition, tuple[int, int]] = field(init=False)
-    abandoned: bool = False
-
-    def __post_init__(self) -> None:
-        self.tokens = sum(env.tokens for env in self.items)
-        self.positions = {}
-        for env in self.items:
-            self.positions[env.tp] = (max(env.offset + 1, self.positions.get(env.tp, (0, 0))[0]), env.epoch)
 
 
 class StageStopped(Exception):
