@@ -35,6 +35,7 @@ from trainer.data import category_vocabulary, load_records  # noqa: E402
 from trainer.thresholds import tune_thresholds  # noqa: E402
 from trainer.train import category_targets, coreness_targets  # noqa: E402
 from trainer.train_hybrid import (  # noqa: E402
+    DEFAULTS,
     cached_embeddings,
     default_base_model,
     default_cache_path,
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached-only", action="store_true", help="keep only papers whose embeddings are cached")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--int8", action="store_true", help="also score the 2018 file with the int8 encoder")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
     parser.add_argument("--max-features", type=int, default=200_000)
     parser.add_argument("--speed", type=int, default=256, help="papers for the inference-speed figure (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     older, recent = time_later_split(train, read_dates(args.data / "arxiv-train.jsonl.gz"))
     labels = category_vocabulary(older, 5)
     model, summary = train_hybrid(older, recent, labels, base_model=base, output_dir=None, cache_path=cache_path,
-                                  epochs=args.epochs, learning_rate=args.learning_rate,
+                                  epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                   max_features=args.max_features, device="cpu")
     _, recent_probs = summary["valid_probs"]
     tuned = tune_thresholds(recent_probs, category_targets(recent, labels), labels)

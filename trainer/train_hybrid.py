@@ -28,7 +28,7 @@ from models.records import CORENESS_LABELS, Record
 from models.sparse_features import fit_vocabulary
 
 log = logging.getLogger(__name__)
-DEFAULTS: dict[str, Any] = {"epochs": 8, "batch_size": 256, "learning_rate": 2e-3, "max_features": 200_000,
+DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "learning_rate": 2e-2, "max_features": 200_000,
                             "min_df": 2}
 
 
