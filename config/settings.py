@@ -124,6 +124,9 @@ class ModelSettings(Section):
     model: str = "artifacts/demo-model"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Encoder runtime of transformer/hybrid models: torch, int8 (dynamic int8 Linear layers, CPU only) or auto
+    # (int8 on CPU, torch elsewhere). See docs/models.md for its speed and accuracy.
+    runtime: Literal["auto", "torch", "int8"] = "torch"
     max_seq_length: int = Field(256, ge=8, le=8192)
     inference_batch_size: int = Field(64, ge=1)
     reload_interval_s: float = Field(60.0, ge=0)  # 0 disables hot reload

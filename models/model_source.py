@@ -232,7 +232,7 @@ class ModelSource:
         try:
             return Predictor.from_checkpoint(
                 path, device=model.device, precision=model.precision, max_seq_length=model.max_seq_length,
-                batch_size=model.inference_batch_size, name=name, version=version,
+                batch_size=model.inference_batch_size, name=name, version=version, runtime=model.runtime,
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc

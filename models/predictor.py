@@ -20,6 +20,7 @@ from models.records import (
     ModelInfo,
     Record,
 )
+from models.runtime import apply_runtime
 
 
 def score_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu",
@@ -67,9 +68,10 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
                         max_seq_length: int | None = None, batch_size: int = 64, name: str | None = None,
-                        version: str | None = None) -> Predictor:
+                        version: str | None = None, runtime: str = "torch") -> Predictor:
         device = resolve_device(device)
         model, config = load_checkpoint(path, device=device)
+        apply_runtime(model, runtime, device)
         return cls(model, config, checkpoint_dir=Path(path), device=device, precision=precision,
                    max_seq_length=max_seq_length, batch_size=batch_size, name=name, version=version)
 

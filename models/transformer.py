@@ -26,6 +26,38 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
 
 
+def load_encoder(base_model: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Encoder and tokenizer of a local Hugging Face model directory (config.json, tokenizer files and, normally,
+    weights). A directory without weights gives a randomly initialised encoder of that config (tiny test models)."""
+    base = Path(base_model)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"base model {base} is not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    if any((base / name).exists() for name in WEIGHT_FILES + ("pytorch_model.bin",)):
+        encoder = AutoModel.from_pretrained(str(base), local_files_only=True, use_safetensors=True)
+    else:
+        log.warning("base model %s has no weights: initialising the encoder randomly", base)
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(base), local_files_only=True))
+    return encoder, tokenizer
+
+
+def encoder_from_config(encoder_config: dict[str, Any], checkpoint_dir: Path) -> tuple[nn.Module,
+                                                                                         PreTrainedTokenizerBase]:
+    """An (untrained) encoder of ``encoder_config`` and the tokenizer saved in ``checkpoint_dir``."""
+    encoder_config = dict(encoder_config)
+    model_type = encoder_config.pop("model_type")
+    encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config))
+    return encoder, AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
+
+
+def encoder_config_dict(encoder: nn.Module) -> dict[str, Any]:
+    """The encoder's config as saved in a checkpoint (without paths and versions)."""
+    encoder_config = encoder.config.to_dict()
+    for key in ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype"):
+        encoder_config.pop(key, None)
+    return encoder_config
+
+
 class TransformerClassifier(nn.Module):
     """Encoder -> mean pooling -> dropout -> two linear heads."""
 
@@ -50,32 +82,19 @@ class TransformerClassifier(nn.Module):
 
         A directory without weights gives a randomly initialised encoder of that config (tiny test models).
         """
-        base = Path(base_model)
-        if not (base / "config.json").is_file():
-            raise FileNotFoundError(f"base model {base} is not a Hugging Face model directory (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-        if any((base / name).exists() for name in WEIGHT_FILES + ("pytorch_model.bin",)):
-            encoder = AutoModel.from_pretrained(str(base), local_files_only=True, use_safetensors=True)
-        else:
-            log.warning("base model %s has no weights: initialising the encoder randomly", base)
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(base), local_files_only=True))
+        encoder, tokenizer = load_encoder(base_model)
         params.setdefault("max_seq_length", min(256, getattr(encoder.config, "max_position_embeddings", 512)))
         return cls(encoder, tokenizer, num_categories, **params)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], checkpoint_dir: Path) -> TransformerClassifier:
         """Rebuild from a checkpoint: encoder config from ``config.json``, tokenizer files beside it."""
-        encoder_config = dict(config["encoder_config"])
-        model_type = encoder_config.pop("model_type")
-        encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config))
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
+        encoder, tokenizer = encoder_from_config(config["encoder_config"], checkpoint_dir)
         return cls(encoder, tokenizer, len(config["category_labels"]), dropout=config.get("dropout", 0.1),
                    max_seq_length=config.get("max_seq_length", 256))
 
     def arch_config(self) -> dict[str, Any]:
-        encoder_config = self.encoder.config.to_dict()
-        for key in ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype"):
-            encoder_config.pop(key, None)
+        encoder_config = encoder_config_dict(self.encoder)
         return {"encoder_config": encoder_config, "dropout": self.dropout_p, "max_seq_length": self.max_seq_length}
 
     def encode(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:

@@ -176,6 +176,14 @@ def train_model(
     of ``sample_count`` records. ``max_steps`` stops early (smoke tests). Extra keyword arguments are
     architecture parameters (e.g. ``embed_dim`` for bag).
     """
+    if arch == "hybrid":
+        from trainer.train_hybrid import train_model_hybrid
+
+        return train_model_hybrid(data, output_dir=output_dir, epochs=epochs, batch_size=batch_size,
+                                  base_model=base_model, sample_count=sample_count, seed=seed,
+                                  valid_fraction=valid_fraction, min_category_count=min_category_count,
+                                  learning_rate=learning_rate, max_seq_length=max_seq_length, device=device,
+                                  name=name, version=version, **arch_params)
     if arch not in DEFAULTS:
         raise TrainingError(f"unknown arch {arch!r}: expected one of {', '.join(DEFAULTS)}")
     defaults = DEFAULTS[arch]
@@ -313,7 +321,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "--from-scratch. Without --data, trains on a generated sample.")
     p.add_argument("--data", metavar="FILE", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
                                   "(default: a generated sample of --sample-count records)")
-    p.add_argument("--arch", choices=list(DEFAULTS), default="bag")
+    p.add_argument("--arch", choices=[*DEFAULTS, "hybrid"], default="bag",
+                   help="hybrid: frozen sentence encoder + TF-IDF, heads only (default base: MiniLM-L6)")
     p.add_argument("--base-model", metavar="DIR", help="local Hugging Face encoder directory (arch transformer)")
     p.add_argument("--output-dir", metavar="DIR", default="artifacts/model",
                    help="checkpoint directory (default: %(default)s)")
