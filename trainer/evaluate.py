@@ -1,8 +1,9 @@
 """``corestream-train evaluate``: score a checkpoint on labelled data; write report.json, report.md and plots.
 
 Category metrics use the checkpoint's own per-class thresholds (and its at-least-one-category rule); coreness
-is the arg-max label. The report carries the checkpoint's model card (data, labels, validation metrics, limits). Data categories
-that the model does not know are counted in the report (they cannot be predicted) and otherwise ignored.
+is the arg-max label. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
+Data categories that the model does not know are counted in the report (they cannot be predicted) and otherwise
+ignored.
 Plots use matplotlib's object API (no pyplot, no display needed).
 """
 
