@@ -80,9 +80,9 @@ def test_every_record_gets_a_category_unless_disabled(linear_checkpoint: Path, t
 
 def test_validation_is_the_most_recent_slice(linear_checkpoint: Path) -> None:
     records = to_records(_dated_sample(100), None, 0, CorenessProxy.load())
-    undated = to_records(generate_sample(5, seed=9), None, 0, CorenessProxy.load())
+    undated = to_records(generate_sample(10, seed=9), None, 0, CorenessProxy.load())
     train, valid = time_split(records[::-1] + undated, 0.1)
-    assert sorted(r.date for r in valid) == sorted(r.date for r in records)[-11:]  # 10% of 105 records
+    assert sorted(r.date for r in valid) == sorted(r.date for r in records)[-11:]  # 10% of 110 records
     assert max(r.date for r in train if r.date) < min(r.date for r in valid)
     assert {r.id for r in undated} <= {r.id for r in train}
     card = json.loads((linear_checkpoint / "config.json").read_text())["card"]
