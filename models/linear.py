@@ -30,7 +30,7 @@ DEFAULT_MIN_DF = 2
 def ngrams(text: str, max_words: int | None = None) -> list[str]:
     """Lower-cased word unigrams and bigrams of ``text``."""
     tokens = words(text)[:max_words]
-    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return tokens + [a + " " + b for a, b in zip(tokens, tokens[1:], strict=False)]
 
 
 def build_vocabulary(texts: Iterable[str], max_terms: int = DEFAULT_MAX_TERMS, min_df: int = DEFAULT_MIN_DF,
@@ -60,7 +60,7 @@ class LinearClassifier(nn.Module):
     arch = "linear"
 
     def __init__(self, num_categories: int, terms: Sequence[str], idf: Sequence[float] | None = None,
-                 input_dropout: float = 0.2, max_seq_length: int = 512) -> None:
+                 input_dropout: float = 0.0, max_seq_length: int = 512) -> None:
         super().__init__()
         if not terms:
             raise ValueError("the linear model needs a non-empty vocabulary")
@@ -96,29 +96,27 @@ class LinearClassifier(nn.Module):
             raise ValueError(f"{path} is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a vocabulary file: {exc}") from None
-        return cls(len(config["category_labels"]), terms, input_dropout=config.get("input_dropout", 0.2),
+        return cls(len(config["category_labels"]), terms, input_dropout=config.get("input_dropout", 0.0),
                    max_seq_length=config.get("max_seq_length", 512))
 
     def arch_config(self) -> dict[str, Any]:
         return {"vocabulary_size": len(self.terms), "input_dropout": self.input_dropout,
                 "max_seq_length": self.max_seq_length}
 
-    def features(self, text: str, max_words: int | None) -> tuple[list[int], list[float]]:
-        counts = Counter(i for gram in ngrams(text, max_words) if (i := self.index.get(gram)) is not None)
-        return list(counts), [1.0 + math.log(c) for c in counts.values()]
-
     def encode(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Vocabulary ids of each text's terms (once each), their bag offsets, and sublinear term frequencies."""
         max_words = max_length or self.max_seq_length
+        get = self.index.get
         ids: list[int] = []
-        tf: list[float] = []
+        counts: list[int] = []
         offsets: list[int] = []
         for text in texts:
             offsets.append(len(ids))
-            i, w = self.features(text, max_words)
-            ids.extend(i)
-            tf.extend(w)
+            found = Counter(i for i in map(get, ngrams(text, max_words)) if i is not None)
+            ids.extend(found.keys())
+            counts.extend(found.values())
         return {"ids": torch.tensor(ids, dtype=torch.long), "offsets": torch.tensor(offsets, dtype=torch.long),
-                "tf": torch.tensor(tf, dtype=torch.float32)}
+                "tf": torch.tensor(counts, dtype=torch.float32).log_().add_(1.0)}
 
     def count_tokens(self, text: str) -> int:
         n = min(len(text.split()), self.max_seq_length)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ARCH = "linear"
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 5, "batch_size": 64, "learning_rate": 1e-2},
+    "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 1e-1},
     "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2},
     "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5},
 }
@@ -276,8 +276,8 @@ def train_model(
     dense_params = [p for p in model.parameters() if p.requires_grad and not is_sparse(model, p)]
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
-    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch == "bag" else 0.01,
-                                 head_lr_factor=1.0 if arch == "bag" else 20.0)
+    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch in ("bag", "linear") else 0.01,
+                                 head_lr_factor=1.0 if arch in ("bag", "linear") else 20.0)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.05, 1 - step / max(1, total_steps)))
                   for opt in optimizers]
     amp_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
@@ -403,9 +403,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model", metavar="DIR", help="local Hugging Face encoder directory (arch transformer)")
     p.add_argument("--output-dir", metavar="DIR", default="artifacts/model",
                    help="checkpoint directory (default: %(default)s)")
-    p.add_argument("--epochs", metavar="N", type=int, help="linear: 5, bag: 5, transformer: 2")
+    p.add_argument("--epochs", metavar="N", type=int, help="linear: 8, bag: 5, transformer: 2")
     p.add_argument("--batch-size", metavar="N", type=int, help="linear: 64, bag: 64, transformer: 16")
-    p.add_argument("--learning-rate", metavar="LR", type=float, help="linear: 1e-2, bag: 5e-2, transformer: 5e-5")
+    p.add_argument("--learning-rate", metavar="LR", type=float, help="linear: 1e-1, bag: 5e-2, transformer: 5e-5")
     p.add_argument("--sample-count", metavar="N", type=int, help="use at most this many records")
     p.add_argument("--valid-fraction", metavar="F", type=float, default=0.1,
                    help="validation share: the most recent records (default: %(default)s)")
