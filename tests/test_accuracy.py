@@ -164,3 +164,32 @@ def test_linear_beats_trivial_baselines_on_real_data(tmp_path: Path, shared_data
     majority = max({r.coreness for r in train}, key=[r.coreness for r in train].count)
     accuracy = np.mean([res.coreness.label == r.coreness for res, r in zip(results, test, strict=True)])
     assert accuracy > np.mean([r.coreness == majority for r in test]) + 0.05
+
+
+@pytest.mark.timeout(900)
+def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Path, moto_server) -> None:
+    import os
+    import subprocess
+
+    import boto3
+
+    from streaming.demo import ensure_model
+    from tests.test_compose import SERVICES
+
+    data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
+    model = ensure_model(tmp_path / "demo", 200, retrain=False, train_data=data)
+    config = json.loads((model / "config.json").read_text())
+    assert config["arch"] == "linear" and config["training"]["train_records"] + config["training"][
+        "valid_records"] == 200
+    assert config["card"]["data"]["valid_dates"]["last"] == "2010-10-27"  # the most recent of the 300 days
+
+    bucket = "bootstrap-real"
+    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
+    command = SERVICES["model-bootstrap"]["command"][0].replace("$$", "$").replace(
+        "/tmp/bootstrap-model", str(tmp_path / "model"))
+    env = {**os.environ, "CORESTREAM_REGISTRY__ENDPOINT_URL": moto_server.endpoint_url,
+           "CORESTREAM_REGISTRY__BUCKET": bucket, "CORESTREAM_MODEL__DEVICE": "cpu",
+           "CORESTREAM_BOOTSTRAP_DATA": str(data)}
+    result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "saved linear model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
