@@ -131,6 +131,8 @@ class ModelSettings(Section):
     inference_batch_size: int = Field(64, ge=1)
     reload_interval_s: float = Field(60.0, ge=0)  # 0 disables hot reload
     cache_dir: str = ".cache/corestream/models"
+    # Give a record its best category when none passes its threshold; None: the checkpoint decides (default on).
+    at_least_one_category: bool | None = None
 
 
 class RegistrySettings(Section):

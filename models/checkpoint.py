@@ -21,8 +21,8 @@ from torch import nn
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED_KEYS = ("arch", "name", "version", "coreness_labels", "category_labels", "thresholds")
-ARCHS = {"bag": "models.bag:BagClassifier", "transformer": "models.transformer:TransformerClassifier",
-         "hybrid": "models.hybrid:HybridClassifier"}
+ARCHS = {"linear": "models.linear:LinearClassifier", "bag": "models.bag:BagClassifier",
+         "transformer": "models.transformer:TransformerClassifier", "hybrid": "models.hybrid:HybridClassifier"}
 
 
 class CheckpointError(ValueError):
@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
 
 
 def architecture(arch: str) -> type[nn.Module]:
-    """The model class of ``arch`` (``bag``, ``transformer`` or ``hybrid``)."""
+    """The model class of ``arch`` (``linear``, ``bag``, ``transformer`` or ``hybrid``)."""
     if arch not in ARCHS:
         raise CheckpointError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
     module, name = ARCHS[arch].split(":")

@@ -25,11 +25,20 @@ def focal_ce(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch
 
 
 def classification_loss(output: ClassifierOutput, coreness: torch.Tensor, categories: torch.Tensor,
-                        focal_gamma: float = 0.0) -> torch.Tensor:
-    """``coreness``: class indices (batch,); ``categories``: 0/1 floats (batch, C). ``focal_gamma`` 0 = plain."""
+                        focal_gamma: float = 0.0, coreness_weight: torch.Tensor | None = None,
+                        category_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``coreness``: class indices (batch,); ``categories``: 0/1 floats (batch, C). ``focal_gamma`` 0 = plain.
+
+    ``coreness_weight`` (3,): class weights of the coreness cross-entropy (plain loss only);
+    ``category_mask`` (batch,): 0 for records whose categories must not train the category head."""
     core_logits, cat_logits = output.coreness_logits.float(), output.category_logits.float()
     if focal_gamma > 0:
         core_loss = focal_ce(core_logits, coreness, focal_gamma)
     else:
-        core_loss = F.cross_entropy(core_logits, coreness)
+        core_loss = F.cross_entropy(core_logits, coreness, weight=coreness_weight)
+    if category_mask is not None:
+        keep = category_mask.bool()
+        if not keep.any():
+            return core_loss
+        cat_logits, categories = cat_logits[keep], categories[keep]
     return core_loss + bce(cat_logits, categories, focal_gamma)

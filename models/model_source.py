@@ -233,6 +233,7 @@ class ModelSource:
             return Predictor.from_checkpoint(
                 path, device=model.device, precision=model.precision, max_seq_length=model.max_seq_length,
                 batch_size=model.inference_batch_size, name=name, version=version, runtime=model.runtime,
+                at_least_one_category=model.at_least_one_category,
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc

@@ -50,7 +50,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, config: dict, *, checkpoint_dir: Path, device: str, precision: str = "auto",
                  max_seq_length: int | None = None, batch_size: int = 64, name: str | None = None,
-                 version: str | None = None) -> None:
+                 version: str | None = None, at_least_one_category: bool | None = None) -> None:
         self.model = model
         self.config = config
         self.checkpoint_dir = checkpoint_dir
@@ -64,16 +64,21 @@ class Predictor:
         self.thresholds = np.array([float(config["thresholds"].get(label, 0.5)) for label in self.category_labels],
                                    dtype=np.float32)
         self.dont_run_on: frozenset[str] = frozenset(config.get("dont_run_on", []))
+        # A record with no category above its threshold gets its best one (None: the checkpoint's choice, else on).
+        self.at_least_one_category = bool(config.get("at_least_one_category", True)
+                                          if at_least_one_category is None else at_least_one_category)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
                         max_seq_length: int | None = None, batch_size: int = 64, name: str | None = None,
-                        version: str | None = None, runtime: str = "torch") -> Predictor:
+                        version: str | None = None, runtime: str = "torch",
+                        at_least_one_category: bool | None = None) -> Predictor:
         device = resolve_device(device)
         model, config = load_checkpoint(path, device=device)
         apply_runtime(model, runtime, device)
         return cls(model, config, checkpoint_dir=Path(path), device=device, precision=precision,
-                   max_seq_length=max_seq_length, batch_size=batch_size, name=name, version=version)
+                   max_seq_length=max_seq_length, batch_size=batch_size, name=name, version=version,
+                   at_least_one_category=at_least_one_category)
 
     def predict_proba(self, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
         """Coreness (n, 3) and category (n, C) probabilities."""
@@ -93,6 +98,8 @@ class Predictor:
     def result(self, record_id: str, coreness: np.ndarray, categories: np.ndarray) -> ClassificationResult:
         """The result for one record from its probabilities (a row of each :meth:`predict_proba` output)."""
         above = np.flatnonzero(categories >= self.thresholds)
+        if not len(above) and self.at_least_one_category and len(categories):
+            above = np.array([int(categories.argmax())])
         above = above[np.argsort(-categories[above], kind="stable")]
         return ClassificationResult(
             id=record_id,

@@ -149,7 +149,9 @@ def test_real_arxiv_data(shared_data: Path | None, tmp_path: Path) -> None:
     if shared_data is None:
         pytest.skip("no ../shared/data (the reader is covered by the tests above)")
     skipped = SkipCounter()
-    rows = list(read_snapshot(shared_data / "arxiv-valid-2018.jsonl.gz", skipped, date_from="2018-01-01"))
-    assert not skipped and len(rows) == 5000
+    path = shared_data / "arxiv-valid-2018.jsonl.gz"
+    rows = list(read_snapshot(path, skipped, date_from="2018-01-01"))
+    with gzip.open(path, "rb") as lines:  # the file's own count: the shared data can be cleaned or grow
+        assert not skipped and len(rows) == sum(1 for line in lines if line.strip())
     assert {row["coreness"] for row in rows} == {"core", "non_core", "rejected"}
     assert all(row["date"].startswith("2018") for row in rows)

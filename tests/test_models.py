@@ -117,9 +117,10 @@ def test_minilm_loads_offline_trains_a_few_steps_and_predicts(tmp_path: Path, mo
     assert predictor.config["encoder_config"]["hidden_size"] == 384
 
 
-def test_odd_texts_still_get_a_prediction(tmp_path: Path) -> None:
-    checkpoint = train_model(generate_sample(200, seed=9), output_dir=tmp_path / "bag", epochs=1, num_buckets=2**12,
-                             progress=False)
+@pytest.mark.parametrize(("arch", "params"), [("bag", {"num_buckets": 2**12}), ("linear", {})])
+def test_odd_texts_still_get_a_prediction(tmp_path: Path, arch: str, params: dict) -> None:
+    checkpoint = train_model(generate_sample(200, seed=9), arch=arch, output_dir=tmp_path / arch, epochs=1,
+                             progress=False, **params)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=2)
     records = [Record(id="punct", title="!!! ???", abstract=""),
                Record(id="unicode", title="量子 ε → ∞", abstract="Émergence de la matière noire"),

@@ -1,8 +1,10 @@
 """Training data: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
 
-Categories are normalised (old arXiv names renamed); coreness is the record's real label when it has one,
-else the documented proxy from its categories. Lines that cannot be used are counted and reported by reason,
-never dropped silently.
+Categories are normalised (old arXiv names renamed); coreness is the record's real label when it has one
+(``coreness``/``core``, or ``label`` as in an INSPIRE coreness file), else the documented proxy from its
+categories. Each record keeps its date (``date``, an arXiv snapshot's first version, or ``year``) so that the
+most recent slice can be held out. Lines that cannot be used are counted and reported by reason, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import logging
 import random
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from models.labels import CorenessProxy
-from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, parse_record
+from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
+from trainer.dataset import snapshot_date
 
 log = logging.getLogger(__name__)
 REASON_UNLABELLED = "unlabelled"
+
+
+class DatedRecord(Record):
+    """A training record with its date (``YYYY-MM-DD``, ``YYYY`` or None), used for the time-later split."""
+
+    date: str | None = None
 
 
 class DataError(ValueError):
@@ -65,6 +74,28 @@ def label_record(record: Record, proxy: CorenessProxy) -> Record:
     return record.model_copy(update={"categories": categories, "coreness": coreness})
 
 
+def record_date(data: Mapping[str, Any]) -> str | None:
+    """``date`` / the first arXiv version / ``update_date`` (see :func:`trainer.dataset.snapshot_date`), else
+    ``year``."""
+    date = snapshot_date(data)
+    if date is None and isinstance(data.get("year"), int | str) and str(data["year"]).strip():
+        date = str(data["year"]).strip()
+    return date
+
+
+def parse_training_line(line: bytes | Mapping[str, Any], max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+                        ) -> DatedRecord:
+    """One training record: a flat, INSPIRE or arXiv-snapshot record, or a row of an INSPIRE coreness file
+    (``label`` is the curators' coreness decision, ``arxiv_categories`` the categories); :class:`RecordError`."""
+    data = decode_message(line) if isinstance(line, bytes) else line
+    if isinstance(data, Mapping) and "label" in data and "coreness" not in data and "core" not in data:
+        data = {**data, "coreness": data["label"]}
+        if not data.get("categories") and isinstance(data.get("arxiv_categories"), list):
+            data["categories"] = data["arxiv_categories"]
+    record = parse_record(data, max_text_chars=max_text_chars)
+    return DatedRecord(**record.model_dump(), date=record_date(data) if isinstance(data, Mapping) else None)
+
+
 def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy | None = None,
                  max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Iterator[Record]:
     """Labelled records of the JSON-lines file at ``path``; bad lines are recorded in ``report``."""
@@ -77,7 +108,7 @@ def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy |
                     continue
                 report.read += 1
                 try:
-                    record = parse_record(line, max_text_chars=max_text_chars)
+                    record = parse_training_line(line, max_text_chars=max_text_chars)
                 except RecordError as exc:
                     report.skip(line_no, exc.reason, str(exc))
                     continue
@@ -115,6 +146,34 @@ def split_records(records: Sequence[Record], valid_fraction: float, seed: int = 
     random.Random(seed).shuffle(shuffled)
     n_valid = max(1, round(len(shuffled) * valid_fraction)) if len(shuffled) > 1 else 0
     return shuffled[n_valid:], shuffled[:n_valid]
+
+
+def time_split(records: Sequence[Record], valid_fraction: float, seed: int = 0
+               ) -> tuple[list[Record], list[Record]]:
+    """The most recent ``valid_fraction`` of the dated records for validation, the rest for training.
+
+    Records are ordered by date (ties by id); undated records always go to training. Falls back to
+    :func:`split_records` (shuffled) when fewer than 2 records are dated.
+    """
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
+    dated = [r for r in records if getattr(r, "date", None)]
+    if len(dated) < 2:
+        return split_records(records, valid_fraction, seed)
+    ordered = sorted(dated, key=lambda r: (r.date, r.id))
+    n_valid = max(1, round(len(records) * valid_fraction))
+    n_valid = min(n_valid, len(ordered) - 1)
+    later = {id(r) for r in ordered[-n_valid:]}
+    return [r for r in records if id(r) not in later], ordered[-n_valid:]
+
+
+def held_out(records: Sequence[Record], fraction: float) -> tuple[list[Record], list[Record]]:
+    """A stable split by id (crc32): about ``fraction`` of the records held out, the same whatever the order."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+    out = [r for r in records if zlib.crc32(r.id.encode("utf-8")) % 10_000 < fraction * 10_000]
+    chosen = {id(r) for r in out}
+    return [r for r in records if id(r) not in chosen], out
 
 
 def category_vocabulary(records: Iterable[Record], min_count: int = 1) -> list[str]:

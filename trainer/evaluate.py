@@ -1,7 +1,9 @@
 """``corestream-train evaluate``: score a checkpoint on labelled data; write report.json, report.md and plots.
 
-Category metrics use the checkpoint's own per-class thresholds; coreness is the arg-max label. Data categories
-that the model does not know are counted in the report (they cannot be predicted) and otherwise ignored.
+Category metrics use the checkpoint's own per-class thresholds (and its at-least-one-category rule); coreness
+is the arg-max label. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
+Data categories that the model does not know are counted in the report (they cannot be predicted) and otherwise
+ignored.
 Plots use matplotlib's object API (no pyplot, no display needed).
 """
 
@@ -26,6 +28,7 @@ from models.checkpoint import CheckpointError
 from models.labels import CorenessProxy
 from models.predictor import Predictor
 from models.records import CORENESS_LABELS, Record
+from trainer.card import card_markdown
 from trainer.data import DataError, fingerprint
 from trainer.metrics import category_metrics, coreness_metrics
 from trainer.thresholds import apply_thresholds
@@ -36,12 +39,13 @@ CHUNK = 1024
 
 
 def build_report(coreness_true: Sequence[str], coreness_probs: np.ndarray, categories_true: np.ndarray,
-                 category_probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict[str, Any]:
+                 category_probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float],
+                 at_least_one: bool = False) -> dict[str, Any]:
     """The metrics part of a report from labels and predicted probabilities."""
     coreness_pred = [CORENESS_LABELS[i] for i in np.asarray(coreness_probs).argmax(1)]
+    predicted = apply_thresholds(category_probs, thresholds, labels, at_least_one=at_least_one)
     return {
-        "categories": category_metrics(categories_true, apply_thresholds(category_probs, thresholds, labels),
-                                       category_probs, labels, thresholds),
+        "categories": category_metrics(categories_true, predicted, category_probs, labels, thresholds),
         "coreness": coreness_metrics(list(coreness_true), coreness_pred, CORENESS_LABELS),
     }
 
@@ -77,7 +81,8 @@ def evaluate_model(model: str | Path, data: str | Path | Sequence[Record | dict]
                      1 for r in records if r.categories and not known.intersection(r.categories))},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **build_report([r.coreness for r in records], coreness_probs, category_targets(records, labels),
-                       category_probs, labels, predictor.config["thresholds"]),
+                       category_probs, labels, predictor.config["thresholds"], predictor.at_least_one_category),
+        "card": predictor.config.get("card"),
     }
     if output_dir is not None:
         write_report(report, Path(output_dir))
@@ -131,6 +136,7 @@ def markdown(report: dict[str, Any]) -> str:
               "|---" * (len(core["labels"]) + 1) + "|"]
     for label, row in zip(core["labels"], core["confusion_matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [""] + card_markdown(report.get("card"))
     lines += ["", "![per-class F1](per_class_f1.png)", "", "![coreness confusion matrix](coreness_confusion.png)", ""]
     return "\n".join(lines)
 

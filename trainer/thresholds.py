@@ -35,7 +35,26 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str
     return thresholds
 
 
-def apply_thresholds(probs: np.ndarray, thresholds: dict[str, float], labels: Sequence[str]) -> np.ndarray:
-    """0/1 predictions (n, C)."""
+def apply_thresholds(probs: np.ndarray, thresholds: dict[str, float], labels: Sequence[str], *,
+                     at_least_one: bool = False) -> np.ndarray:
+    """0/1 predictions (n, C); with ``at_least_one``, a row with no category above its threshold gets its
+    highest-scoring one (as :class:`models.predictor.Predictor` does by default)."""
     cut = np.array([thresholds.get(label, DEFAULT_THRESHOLD) for label in labels], dtype=probs.dtype)
-    return (probs >= cut).astype(np.int8)
+    predicted = (probs >= cut).astype(np.int8)
+    if at_least_one and probs.shape[1]:
+        empty = np.flatnonzero(predicted.sum(1) == 0)
+        predicted[empty, probs[empty].argmax(1)] = 1
+    return predicted
+
+
+def cross_fitted(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], *,
+                 at_least_one: bool = False) -> np.ndarray:
+    """Thresholds tuned on the even rows applied to the odd rows and vice versa: 0/1 predictions (n, C) whose
+    scores are not inflated by tuning on the rows they are measured on."""
+    predicted = np.zeros(probs.shape, dtype=np.int8)
+    rows = np.arange(len(probs))
+    for tune_on, apply_to in ((rows % 2 == 0, rows % 2 == 1), (rows % 2 == 1, rows % 2 == 0)):
+        thresholds = tune_thresholds(probs[tune_on], targets[tune_on], labels)
+        predicted[apply_to] = apply_thresholds(probs[apply_to], thresholds, labels,
+                                                 at_least_one=at_least_one)
+    return predicted

@@ -56,8 +56,9 @@ def demo_settings(settings: Settings, bootstrap: str, model_dir: Path, output: P
     return _with(settings, "model", model=str(model_dir), reload_interval_s=0)
 
 
-def ensure_model(model_dir: Path, train_records: int, retrain: bool) -> Path:
-    """Reuse the checkpoint in ``model_dir`` or train a small bag model on the generated sample."""
+def ensure_model(model_dir: Path, train_records: int, retrain: bool, train_data: Path | None = None) -> Path:
+    """Reuse the checkpoint in ``model_dir``, or train the default (linear) model on the ``train_records`` most
+    recent papers of ``train_data`` (real arXiv metadata), or a small bag model on the generated sample."""
     from models.checkpoint import CheckpointError, read_checkpoint_config
 
     if not retrain and (model_dir / "config.json").exists():
@@ -69,9 +70,21 @@ def ensure_model(model_dir: Path, train_records: int, retrain: bool) -> Path:
             print(f"cannot reuse {model_dir} ({exc}); training a new model")
     from trainer.train import train_model
 
+    if train_data is not None:
+        print(f"training the linear model on {train_records} real papers of {train_data} -> {model_dir}")
+        return train_model(recent_records(train_data, train_records), output_dir=model_dir, from_scratch=True,
+                           name=DEMO_MODEL_NAME, progress=False)
     print(f"training a small bag model on {train_records} generated records -> {model_dir}")
     return train_model(None, arch="bag", output_dir=model_dir, sample_count=train_records, from_scratch=True,
                        name=DEMO_MODEL_NAME)
+
+
+def recent_records(path: Path, count: int) -> list:
+    """The ``count`` most recent usable records of a JSON-lines file (by date)."""
+    from trainer.data import load_records
+
+    records = load_records(path)
+    return sorted(records, key=lambda r: (getattr(r, "date", None) or "", r.id))[-count:]
 
 
 def produce_sample(settings: Settings, count: int, seed: int) -> tuple[dict[str, dict], int]:
@@ -171,9 +184,10 @@ def print_report(results: list[ClassificationResult], sample: dict[str, dict], b
 
 
 def run_demo(settings: Settings, *, records: int, model_dir: Path, output: Path, retrain: bool = False,
-             train_records: int = 1500, rows: int = 12, timeout_s: float = 300.0, seed: int = 1) -> int:
+             train_records: int = 1500, rows: int = 12, timeout_s: float = 300.0, seed: int = 1,
+             train_data: Path | None = None) -> int:
     """The whole demo; returns the exit status (0 when every record was classified or dead-lettered)."""
-    model_dir = ensure_model(model_dir, train_records, retrain)
+    model_dir = ensure_model(model_dir, train_records, retrain, train_data)
     es_url = os.environ.get(ES_URL_ENV) or settings.elasticsearch.url
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
@@ -204,7 +218,7 @@ def _demo_command(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("--records must be at least 1")
     return run_demo(settings, records=args.records, model_dir=Path(args.model_dir), output=Path(args.output),
                     retrain=args.retrain, train_records=args.train_records, rows=args.rows,
-                    timeout_s=args.timeout)
+                    timeout_s=args.timeout, train_data=Path(args.train_data) if args.train_data else None)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -217,6 +231,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", default="artifacts/demo-model", help="model to reuse or train (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if --model-dir has one")
     p.add_argument("--train-records", type=int, default=1500, help="training sample size (default: %(default)s)")
+    p.add_argument("--train-data", metavar="FILE",
+                   help="train on real papers: JSON lines (.gz ok) such as ../shared/data/arxiv-train.jsonl.gz or "
+                        "a `dataset --from-arxiv-snapshot` build (default: the generated sample)")
     p.add_argument("--output", default="runs/demo/results.jsonl", help="results file (default: %(default)s)")
     p.add_argument("--rows", type=int, default=12, help="rows of the results table (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=300.0,

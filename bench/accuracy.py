@@ -1,0 +1,223 @@
+"""Accuracy of each model candidate on real data, against a TF-IDF + logistic-regression reference.
+
+    python bench/accuracy.py                           # full run: all training papers (takes a while)
+    python bench/accuracy.py --limit 8000              # quick run: the 8000 most recent training papers
+    python bench/accuracy.py --candidates linear reference
+
+Every candidate is trained on ``../shared/data/arxiv-train.jsonl.gz`` (the trainer's candidates also get the
+INSPIRE coreness file as ``--extra-train``, which holds out 20% of it by id) and scored on
+``arxiv-valid-2018.jsonl.gz`` with one rule: the categories with at least 20 training papers (at most 150, most
+frequent first), old/alias names mapped to current ones on both sides (``config/coreness_proxy.yaml``), micro
+and macro F1 over those categories, coreness accuracy against the arXiv proxy, and coreness recall per class on
+the held-out part of ``inspire-coreness.jsonl.gz`` (real curator decisions). Each candidate predicts at least
+one category per record. Prints one table with training time, checkpoint load time and inference records/s (one
+CPU thread, batch 64).
+
+The reference (scikit-learn, used only here): TF-IDF of word 1-2-grams (sublinear tf, 300k features) and
+one-vs-rest logistic regression (C=10), threshold 0.2, top-1 fallback; its coreness head is a multinomial
+logistic regression on the same features and the same coreness labels as the trainer's candidates.
+
+To add a candidate, append a :class:`Candidate` to :data:`CANDIDATES`: a name and a ``fit(train_file,
+inspire_file, workdir) -> Scorer`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.labels import CorenessProxy  # noqa: E402
+from models.predictor import Predictor  # noqa: E402
+from models.records import CORENESS_LABELS, Record  # noqa: E402
+from trainer.data import held_out, load_records  # noqa: E402
+from trainer.train import train_model  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MIN_TRAIN_PAPERS, MAX_LABELS = 20, 150
+INSPIRE_HELD_OUT = 0.2  # the trainer's default --extra-valid-fraction: the same records are held out
+
+
+@dataclass
+class Scorer:
+    """A trained candidate: category label sets and coreness labels for texts."""
+
+    predict: Callable[[Sequence[Record]], tuple[list[list[str]], list[str]]]
+    train_seconds: float
+    load_seconds: float | None = None
+
+
+@dataclass
+class Candidate:
+    name: str
+    fit: Callable[[Path, Path | None, Path], Scorer]
+
+
+def trainer_candidate(arch: str, **options: object) -> Callable[[Path, Path | None, Path], Scorer]:
+    """A candidate trained by ``trainer.train.train_model`` with its defaults (plus ``options``)."""
+
+    def fit(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
+        started = time.monotonic()
+        path = train_model(train_file, arch=arch, output_dir=workdir / arch, progress=False, from_scratch=True,
+                           extra_train=[inspire_file] if inspire_file else (), **options)
+        train_seconds = time.monotonic() - started
+        started = time.monotonic()
+        predictor = Predictor.from_checkpoint(path, device="cpu", batch_size=64)
+        load_seconds = time.monotonic() - started
+
+        def predict(records: Sequence[Record]) -> tuple[list[list[str]], list[str]]:
+            results = predictor.predict_batch(list(records))
+            return [[c.label for c in r.categories] for r in results], [r.coreness.label for r in results]
+
+        return Scorer(predict, train_seconds, load_seconds)
+
+    return fit
+
+
+def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
+    """TF-IDF (1-2-grams, sublinear, 300k) + one-vs-rest LR (C=10), threshold 0.2, top-1 fallback."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    started = time.monotonic()
+    records = load_records(train_file)
+    extra = held_out(load_records(inspire_file), INSPIRE_HELD_OUT)[0] if inspire_file else []
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=300_000)
+    features = vectorizer.fit_transform([r.text for r in records + extra])
+    counts = Counter(c for r in records for c in r.categories)
+    binarizer = MultiLabelBinarizer(classes=sorted(c for c, n in counts.items() if n >= 5))
+    targets = binarizer.fit_transform([[c for c in r.categories if c in binarizer.classes] for r in records])
+    categories = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(features[:len(records)], targets)
+    coreness = LogisticRegression(C=10, max_iter=1000).fit(features, [r.coreness for r in records + extra])
+    train_seconds = time.monotonic() - started
+
+    def predict(batch: Sequence[Record]) -> tuple[list[list[str]], list[str]]:
+        x = vectorizer.transform([r.text for r in batch])
+        probs = categories.predict_proba(x)
+        chosen = probs >= 0.2
+        empty = ~chosen.any(1)
+        chosen[empty, probs[empty].argmax(1)] = True
+        return ([list(binarizer.classes_[row]) for row in chosen], list(coreness.predict(x)))
+
+    return Scorer(predict, train_seconds)
+
+
+CANDIDATES = [
+    Candidate("reference (TF-IDF + LR, sklearn)", reference),
+    Candidate("linear (default)", trainer_candidate("linear")),
+    Candidate("bag", trainer_candidate("bag")),
+]
+
+
+def f1_scores(truth: list[list[str]], predicted: list[list[str]], labels: Sequence[str]) -> tuple[float, float]:
+    """Micro and macro F1 over ``labels`` only."""
+    index = {label: i for i, label in enumerate(labels)}
+    tp, fp, fn = np.zeros(len(labels)), np.zeros(len(labels)), np.zeros(len(labels))
+    for true, pred in zip(truth, predicted, strict=True):
+        t = {index[c] for c in true if c in index}
+        p = {index[c] for c in pred if c in index}
+        for i in t & p:
+            tp[i] += 1
+        for i in p - t:
+            fp[i] += 1
+        for i in t - p:
+            fn[i] += 1
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    macro = float(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
+    return float(micro), macro
+
+
+def throughput(scorer: Scorer, records: Sequence[Record], batch_size: int = 64, seconds: float = 5.0) -> float:
+    """Records/s of ``scorer.predict`` on batches of ``batch_size`` (one torch thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for start in range(0, len(records), batch_size):
+                scorer.predict(records[start:start + batch_size])
+                done += len(records[start:start + batch_size])
+        return done / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def recent(path: Path, limit: int, out: Path) -> Path:
+    """The ``limit`` most recent lines of ``path`` (by ``date``) in ``out``."""
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    rows.sort(key=lambda row: (str(row.get("date")), str(row.get("id"))))
+    with gzip.open(out, "wt", encoding="utf-8") as sink:
+        sink.writelines(json.dumps(row) + "\n" for row in rows[-limit:])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED, help="default: %(default)s")
+    parser.add_argument("--limit", type=int, help="train on the N most recent training papers, score N/4 papers")
+    parser.add_argument("--candidates", nargs="*", help="name prefixes (default: all)")
+    args = parser.parse_args(argv)
+    train_file, valid_file = args.data_dir / "arxiv-train.jsonl.gz", args.data_dir / "arxiv-valid-2018.jsonl.gz"
+    inspire_file = args.data_dir / "inspire-coreness.jsonl.gz"
+    if not train_file.exists() or not valid_file.exists():
+        print(f"no arXiv data in {args.data_dir}: nothing to measure", file=sys.stderr)
+        return 1
+    inspire = inspire_file if inspire_file.exists() else None
+    chosen = [c for c in CANDIDATES if not args.candidates or any(c.name.startswith(p) for p in args.candidates)]
+    proxy = CorenessProxy.load()
+    with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
+        work = Path(tmp)
+        if args.limit:
+            train_file = recent(train_file, args.limit, work / "train.jsonl.gz")
+        counts = Counter(c for r in load_records(train_file, proxy=proxy) for c in r.categories)
+        labels = [c for c, n in counts.most_common() if n >= MIN_TRAIN_PAPERS][:MAX_LABELS]
+        valid = load_records(valid_file, proxy=proxy, limit=args.limit // 4 if args.limit else None)
+        real = held_out(load_records(inspire), INSPIRE_HELD_OUT)[1] if inspire else []
+        print(f"train {train_file.name}: {sum(1 for _ in load_records(train_file))} papers; score "
+              f"{len(valid)} papers of {valid_file.name}, {len(labels)} categories; real coreness: {len(real)} "
+              f"held-out INSPIRE records")
+        rows = []
+        for candidate in chosen:
+            print(f"training {candidate.name} ...", flush=True)
+            scorer = candidate.fit(train_file, inspire, work)
+            cats, core = scorer.predict(valid)
+            micro, macro = f1_scores([r.categories for r in valid], cats, labels)
+            core_acc = float(np.mean([p == r.coreness for p, r in zip(core, valid, strict=True)]))
+            recall = {}
+            if real:
+                real_pred = scorer.predict(real)[1]
+                for label in CORENESS_LABELS:
+                    rows_of = [p for p, r in zip(real_pred, real, strict=True) if r.coreness == label]
+                    recall[label] = f"{np.mean([p == label for p in rows_of]):.3f} ({len(rows_of)})" if rows_of \
+                        else "-"
+            empty = sum(1 for c in cats if not c)
+            rows.append((candidate.name, micro, macro, core_acc, recall, empty, scorer.train_seconds,
+                         scorer.load_seconds, throughput(scorer, valid[:1024])))
+    print()
+    print("| model | micro-F1 | macro-F1 | coreness (proxy) acc | INSPIRE recall core | non_core | rejected | "
+          "no category | train s | load s | records/s (1 thread, batch 64) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, micro, macro, acc, recall, empty, train_s, load_s, rate in rows:
+        print(f"| {name} | {micro:.3f} | {macro:.3f} | {acc:.3f} | {recall.get('core', '-')} | "
+              f"{recall.get('non_core', '-')} | {recall.get('rejected', '-')} | {empty} | {train_s:.0f} | "
+              f"{'-' if load_s is None else f'{load_s:.2f}'} | {rate:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The default ``linear`` model, the at-least-one-category fallback, the time-later split, real coreness labels
+and the model card."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.labels import CorenessProxy
+from models.linear import LinearClassifier
+from models.losses import classification_loss
+from models.predictor import Predictor
+from models.records import Record
+from trainer.data import held_out, load_records, parse_training_line, time_split
+from trainer.evaluate import evaluate_model
+from trainer.sample import generate_sample
+from trainer.thresholds import apply_thresholds
+from trainer.train import category_targets, to_records, train_model
+
+
+def _dated_sample(n: int, seed: int = 0) -> list[dict]:
+    """Generated records with dates, one a day from 2010-01-01 (so the most recent are the last ones)."""
+    days = np.datetime64("2010-01-01") + np.arange(n)
+    return [{**row, "date": str(day)} for row, day in zip(generate_sample(n, seed), days, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def linear_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("linear") / "model"
+    return train_model(_dated_sample(800), output_dir=out, progress=False, epochs=3)
+
+
+def test_linear_is_the_default_and_round_trips(linear_checkpoint: Path, tmp_path: Path) -> None:
+    config = json.loads((linear_checkpoint / "config.json").read_text())
+    assert config["arch"] == "linear" and config["at_least_one_category"] is True
+    assert (linear_checkpoint / "vocabulary.json").is_file()
+    model, _ = load_checkpoint(linear_checkpoint)
+    assert isinstance(model, LinearClassifier) and len(model.terms) == config["vocabulary_size"]
+    records = to_records(generate_sample(50, seed=7), None, 0, CorenessProxy.load())
+    first = Predictor.from_checkpoint(linear_checkpoint, device="cpu").predict_proba(records)
+    second = Predictor.from_checkpoint(linear_checkpoint, device="cpu").predict_proba(records)
+    np.testing.assert_array_equal(first[1], second[1])
+    broken = tmp_path / "broken"
+    shutil.copytree(linear_checkpoint, broken)
+    (broken / "vocabulary.json").unlink()
+    with pytest.raises(CheckpointError, match="vocabulary.json is missing"):
+        load_checkpoint(broken)
+
+
+def test_every_record_gets_a_category_unless_disabled(linear_checkpoint: Path, tmp_path: Path) -> None:
+    strict = tmp_path / "strict"
+    shutil.copytree(linear_checkpoint, strict)
+    config = json.loads((strict / "config.json").read_text())
+    config["thresholds"] = {label: 1.0 for label in config["category_labels"]}  # nothing passes
+    (strict / "config.json").write_text(json.dumps(config))
+    records = to_records(generate_sample(20, seed=3), None, 0, CorenessProxy.load())
+    predictor = Predictor.from_checkpoint(strict, device="cpu")
+    _, probs = predictor.predict_proba(records)
+    results = predictor.predict_batch(records)
+    assert [[c.label for c in r.categories] for r in results] == [[config["category_labels"][int(p.argmax())]]
+                                                                  for p in probs]
+    off = Predictor.from_checkpoint(strict, device="cpu", at_least_one_category=False)
+    assert all(r.categories == [] for r in off.predict_batch(records))
+    config["at_least_one_category"] = False
+    (strict / "config.json").write_text(json.dumps(config))
+    assert all(r.categories == [] for r in Predictor.from_checkpoint(strict, device="cpu").predict_batch(records))
+
+    scores = np.array([[0.1, 0.3], [0.6, 0.2]], dtype=np.float32)
+    assert apply_thresholds(scores, {"a": 0.5, "b": 0.5}, ["a", "b"], at_least_one=True).tolist() == [[0, 1], [1, 0]]
+    assert apply_thresholds(scores, {"a": 0.5, "b": 0.5}, ["a", "b"]).tolist() == [[0, 0], [1, 0]]
+
+
+def test_validation_is_the_most_recent_slice(linear_checkpoint: Path) -> None:
+    records = to_records(_dated_sample(100), None, 0, CorenessProxy.load())
+    undated = to_records(generate_sample(10, seed=9), None, 0, CorenessProxy.load())
+    train, valid = time_split(records[::-1] + undated, 0.1)
+    assert sorted(r.date for r in valid) == sorted(r.date for r in records)[-11:]  # 10% of 110 records
+    assert max(r.date for r in train if r.date) < min(r.date for r in valid)
+    assert {r.id for r in undated} <= {r.id for r in train}
+    card = json.loads((linear_checkpoint / "config.json").read_text())["card"]
+    assert card["data"]["valid_split"] == "most recent slice by date"
+    assert card["data"]["train_dates"]["last"] < card["data"]["valid_dates"]["first"]
+    valid_metrics = card["metrics"]["time_later_valid"]
+    assert {"category_f1_micro", "category_f1_micro_cross_fitted", "coreness_recall"} <= set(valid_metrics)
+    assert card["limits"]
+
+
+def _coreness_file(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        out.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
+
+
+def test_real_coreness_labels_train_the_coreness_head(tmp_path: Path, shared_data: Path | None) -> None:
+    row = {"id": "42", "title": "A detector", "abstract": "Calorimeter tests.", "label": "non_core",
+           "arxiv_categories": ["physics.ins-det"], "year": 2016}
+    record = parse_training_line(json.dumps(row).encode())
+    assert (record.coreness, record.categories, record.date) == ("non_core", ["physics.ins-det"], "2016")
+    # An INSPIRE-coreness-shaped file: real decisions that contradict the proxy of their categories.
+    rows = [{**r, "id": f"x{i}", "label": "non_core" if i % 2 else "rejected", "year": 2015}
+            for i, r in enumerate(generate_sample(200, seed=5))]
+    extra = [_coreness_file(tmp_path / "labels.jsonl.gz", rows)]
+    if shared_data is not None:
+        extra.append(shared_data / "inspire-coreness.jsonl.gz")
+    checkpoint = train_model(_dated_sample(400), output_dir=tmp_path / "m", progress=False, epochs=2,
+                             extra_train=extra)
+    config = json.loads((checkpoint / "config.json").read_text())
+    fit, check = held_out(load_records(extra[0]), 0.2)
+    assert 0 < len(check) < len(fit)
+    assert config["training"]["extra_train_records"] >= len(fit)
+    real = config["metrics"]["extra_valid"]
+    assert real["records"] >= len(check) and {"non_core", "rejected"} <= set(real["coreness_recall"])
+    assert config["card"]["metrics"]["real_coreness_held_out"] == real
+    weights = config["training"]["coreness_class_weights"]
+    assert weights[0] < weights[1] and weights[0] < weights[2]  # core is the majority: the rare classes count more
+
+    # Their categories do not train the category head: a masked record adds only its coreness loss.
+    logits = torch.zeros(2, 3), torch.zeros(2, 4)
+    from models.base import ClassifierOutput
+    output = ClassifierOutput(*logits)
+    core, cats = torch.tensor([0, 1]), torch.ones(2, 4)
+    masked = classification_loss(output, core, cats, category_mask=torch.tensor([1.0, 0.0]))
+    plain = classification_loss(output, core, cats)
+    assert masked.item() == pytest.approx(plain.item())  # same mean per kept record
+    only_core = classification_loss(output, core, cats, category_mask=torch.zeros(2))
+    assert only_core.item() == pytest.approx(np.log(3))
+
+
+def test_evaluation_report_carries_the_model_card(linear_checkpoint: Path, tmp_path: Path) -> None:
+    evaluate_model(linear_checkpoint, _dated_sample(60, seed=4), output_dir=tmp_path, progress=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Model card" in report and "Time-later validation" in report and "Known limits" in report
+
+
+@pytest.mark.timeout(600)
+def test_linear_beats_trivial_baselines_on_real_data(tmp_path: Path, shared_data: Path | None) -> None:
+    proxy = CorenessProxy.load()
+    if shared_data is not None:
+        train = load_records(shared_data / "arxiv-train.jsonl.gz", limit=6000, proxy=proxy)
+        test = load_records(shared_data / "arxiv-valid-2018.jsonl.gz", limit=800, proxy=proxy)
+    else:
+        train = to_records(_dated_sample(2000, seed=1), None, 0, proxy)
+        test = to_records(generate_sample(400, seed=2), None, 0, proxy)
+    predictor = Predictor.from_checkpoint(train_model(train, output_dir=tmp_path / "m", progress=False), device="cpu")
+    labels = predictor.category_labels
+    results = predictor.predict_batch(test)
+    assert all(r.categories for r in results)
+    y_true = category_targets(test, labels)
+    y_pred = category_targets([Record(id=r.id, title="t", abstract="a", categories=[c.label for c in r.categories])
+                               for r in results], labels)
+    sets = [tuple(sorted(c for c in r.categories if c in labels)) for r in train]
+    common = category_targets([Record(id="b", title="t", abstract="a", categories=list(max(set(sets),
+                                                                                          key=sets.count)))], labels)
+    baseline = f1_score(y_true, np.tile(common, (len(test), 1)), average="micro", zero_division=0)
+    assert f1_score(y_true, y_pred, average="micro", zero_division=0) > baseline + 0.2
+    majority = max({r.coreness for r in train}, key=[r.coreness for r in train].count)
+    accuracy = np.mean([res.coreness.label == r.coreness for res, r in zip(results, test, strict=True)])
+    assert accuracy > np.mean([r.coreness == majority for r in test]) + 0.05
+
+
+@pytest.mark.timeout(900)
+def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Path, moto_server) -> None:
+    import os
+    import subprocess
+
+    import boto3
+    from streaming.demo import ensure_model
+
+    from tests.test_compose import SERVICES
+
+    data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
+    model = ensure_model(tmp_path / "demo", 200, retrain=False, train_data=data)
+    config = json.loads((model / "config.json").read_text())
+    assert config["arch"] == "linear" and config["training"]["train_records"] + config["training"][
+        "valid_records"] == 200
+    assert config["card"]["data"]["valid_dates"]["last"] == "2010-10-27"  # the most recent of the 300 days
+
+    bucket = "bootstrap-real"
+    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
+    command = SERVICES["model-bootstrap"]["command"][0].replace("$$", "$").replace(
+        "/tmp/bootstrap-model", str(tmp_path / "model"))
+    env = {**os.environ, "CORESTREAM_REGISTRY__ENDPOINT_URL": moto_server.endpoint_url,
+           "CORESTREAM_REGISTRY__BUCKET": bucket, "CORESTREAM_MODEL__DEVICE": "cpu",
+           "CORESTREAM_BOOTSTRAP_DATA": str(data)}
+    result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "saved linear model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
