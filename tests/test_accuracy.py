@@ -172,8 +172,8 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
     import subprocess
 
     import boto3
-    from streaming.demo import ensure_model
 
+    from streaming.apps.demo import ensure_model
     from tests.test_compose import SERVICES
 
     data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
@@ -189,7 +189,7 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
         "/tmp/bootstrap-model", str(tmp_path / "model"))
     env = {**os.environ, "CORESTREAM_REGISTRY__ENDPOINT_URL": moto_server.endpoint_url,
            "CORESTREAM_REGISTRY__BUCKET": bucket, "CORESTREAM_MODEL__DEVICE": "cpu",
-           "CORESTREAM_BOOTSTRAP_DATA": str(data)}
+           "BOOTSTRAP_DATA": str(data)}
     result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "saved linear model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample

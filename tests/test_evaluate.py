@@ -52,7 +52,7 @@ def test_undefined_metrics_are_reported_as_none() -> None:
 
 @pytest.mark.timeout(120)
 def test_evaluate_cli_writes_report_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = train_model(generate_sample(600, seed=21), output_dir=tmp_path / "model", epochs=3,
+    model = train_model(generate_sample(600, seed=21), output_dir=tmp_path / "model", arch="bag", epochs=3,
                         num_buckets=2**14, progress=False)
     data = write_sample(tmp_path / "test.jsonl", 200, seed=22)
     with data.open("a") as out:  # a category the model never saw, and a line that is not a record

@@ -111,4 +111,4 @@ def test_resume_refuses_another_arch(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["train", "--sample-count", "100", "--output-dir", str(out), *FAST]) == 0
     assert main(["train", "--sample-count", "100", "--output-dir", str(out), "--arch", "transformer",
                  "--base-model", str(tmp_path), *FAST]) == 2
-    assert "holds a bag checkpoint" in capsys.readouterr().err
+    assert "holds a linear checkpoint" in capsys.readouterr().err
