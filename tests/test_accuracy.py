@@ -172,7 +172,7 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
     import subprocess
 
     import boto3
-    from streaming.demo import ensure_model
+    from streaming.apps.demo import ensure_model
 
     from tests.test_compose import SERVICES
 
