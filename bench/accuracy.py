@@ -42,8 +42,8 @@ from models.labels import CorenessProxy  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
-from trainer.data import held_out, load_records  # noqa: E402
 from trainer.train import train_model  # noqa: E402
+from trainer.training_data import held_out, load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS, MAX_LABELS = 20, 150

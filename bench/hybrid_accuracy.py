@@ -31,7 +31,6 @@ from models.embedding_cache import EmbeddingCache, text_key  # noqa: E402
 from models.hybrid import HybridClassifier  # noqa: E402
 from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
-from trainer.data import category_vocabulary, load_records  # noqa: E402
 from trainer.thresholds import tune_thresholds  # noqa: E402
 from trainer.train import category_targets, coreness_targets  # noqa: E402
 from trainer.train_hybrid import (  # noqa: E402
@@ -42,6 +41,7 @@ from trainer.train_hybrid import (  # noqa: E402
     score_cached,
     train_hybrid,
 )
+from trainer.training_data import category_vocabulary, load_records  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS = 20

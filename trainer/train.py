@@ -33,7 +33,11 @@ from models.losses import classification_loss
 from models.predictor import score_texts
 from models.records import CORENESS_LABELS, Record, RecordError
 from trainer.card import model_card
-from trainer.data import (
+from trainer.metrics import category_metrics, coreness_metrics
+from trainer.sample import generate_sample
+from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
+from trainer.train_config import TrainConfig, TrainingError
+from trainer.training_data import (
     DataError,
     category_vocabulary,
     fingerprint,
@@ -44,10 +48,6 @@ from trainer.data import (
     split_records,
     time_split,
 )
-from trainer.metrics import category_metrics, coreness_metrics
-from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
-from trainer.train_config import TrainConfig, TrainingError
 
 log = logging.getLogger(__name__)
 

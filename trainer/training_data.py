@@ -1,4 +1,4 @@
-"""Training data: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
+"""Training examples: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
 
 Categories are normalised (old arXiv names renamed); coreness is the record's real label when it has one
 (``coreness``/``core``, or ``label`` as in an INSPIRE coreness file), else the documented proxy from its
