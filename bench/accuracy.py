@@ -24,7 +24,6 @@ inspire_file, workdir) -> Scorer`` function.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import tempfile
@@ -41,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.labels import CorenessProxy  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
+from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
-from trainer.data import held_out, load_records  # noqa: E402
 from trainer.train import train_model  # noqa: E402
+from trainer.training_data import held_out, load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS, MAX_LABELS = 20, 150
@@ -158,10 +158,10 @@ def throughput(scorer: Scorer, records: Sequence[Record], batch_size: int = 64, 
 
 def recent(path: Path, limit: int, out: Path) -> Path:
     """The ``limit`` most recent lines of ``path`` (by ``date``) in ``out``."""
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
+    with open_text(path) as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
     rows.sort(key=lambda row: (str(row.get("date")), str(row.get("id"))))
-    with gzip.open(out, "wt", encoding="utf-8") as sink:
+    with open_text(out, "w") as sink:
         sink.writelines(json.dumps(row) + "\n" for row in rows[-limit:])
     return out
 

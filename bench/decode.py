@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gzip
 import io
 import json
 import pstats
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import load_settings  # noqa: E402
 from models.model_source import ModelSource  # noqa: E402
+from models.record_files import numbered_lines  # noqa: E402
 from streaming.pipeline.batcher import MicroBatcher  # noqa: E402
 from streaming.pipeline.envelope import Envelope, decode  # noqa: E402
 
@@ -34,13 +34,11 @@ def message_values(data: str | None, count: int) -> list[bytes]:
         from trainer.sample import generate_sample
 
         return [json.dumps(r).encode() for r in generate_sample(count, seed=1)]
-    opener = gzip.open if data.endswith(".gz") else open
     values = []
-    with opener(data, "rb") as lines:
-        for line in lines:
-            values.append(line.rstrip(b"\n"))
-            if len(values) == count:
-                break
+    for _, line in numbered_lines(data):
+        values.append(line.rstrip(b"\n"))  # type: ignore[union-attr]  # unbounded lines are bytes
+        if len(values) == count:
+            break
     return values
 
 

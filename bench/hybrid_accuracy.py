@@ -15,7 +15,6 @@ of the 2018 file. Prints one Markdown table, the subset sizes, and the hybrid's 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -30,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.embedding_cache import EmbeddingCache, text_key  # noqa: E402
 from models.hybrid import HybridClassifier  # noqa: E402
+from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
-from trainer.data import category_vocabulary, load_records  # noqa: E402
 from trainer.thresholds import tune_thresholds  # noqa: E402
 from trainer.train import category_targets, coreness_targets  # noqa: E402
 from trainer.train_hybrid import (  # noqa: E402
@@ -42,6 +41,7 @@ from trainer.train_hybrid import (  # noqa: E402
     score_cached,
     train_hybrid,
 )
+from trainer.training_data import category_vocabulary, load_records  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS = 20
@@ -101,7 +101,7 @@ def time_later_split(records: list[Record], dates: dict[str, str], fraction: flo
 
 
 def read_dates(path: Path) -> dict[str, str]:
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
+    with open_text(path) as lines:
         return {row["id"]: row.get("date") or "" for row in map(json.loads, lines)}
 
 

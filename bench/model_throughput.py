@@ -38,8 +38,8 @@ from models.predictor import Predictor  # noqa: E402
 from models.records import CORENESS_LABELS, Record, parse_record  # noqa: E402
 from models.sparse_features import fit_vocabulary  # noqa: E402
 from models.transformer import TransformerClassifier  # noqa: E402
-from trainer.data import load_records  # noqa: E402
 from trainer.sample import generate_sample  # noqa: E402
+from trainer.training_data import load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv-valid-2018.jsonl.gz"
 NUM_CATEGORIES = 150

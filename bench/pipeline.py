@@ -22,7 +22,6 @@ consumer-group join is not counted.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from config.clients import make_producer  # noqa: E402
 from config.logging import setup_logging  # noqa: E402
 from config.settings import Settings, load_settings  # noqa: E402
 from models.model_source import ModelSource  # noqa: E402
+from models.record_files import open_text  # noqa: E402
 from models.records import ClassificationResult, Record, parse_record  # noqa: E402
 from streaming.apps.embedded import EmbeddedBroker  # noqa: E402
 from streaming.kafka import create_topics  # noqa: E402
@@ -81,8 +81,7 @@ def load_records(data: str | None, count: int, seed: int) -> list[Record]:
 
         return [parse_record(r) for r in generate_sample(count, seed=seed)]
     records = []
-    opener = gzip.open if data.endswith(".gz") else open
-    with opener(data, "rt", encoding="utf-8") as lines:
+    with open_text(data) as lines:
         for line in lines:
             records.append(parse_record(line))
             if len(records) == count:

@@ -39,6 +39,8 @@ REASON_INVALID_JSON = "invalid_json"
 REASON_INVALID_RECORD = "invalid_record"
 REASON_OVERSIZE = "oversize"
 REASON_INVALID_ID = "invalid_id"
+# A finer code within a reason (RecordError.detail), for readers that tell these cases apart.
+DETAIL_NO_TEXT = "no_text"  # invalid_record: neither title nor abstract
 
 MAX_ID_BYTES = 512  # Elasticsearch's limit for a document _id
 # Refused in ids: C0 and C1 control characters, DEL, the line and paragraph separators, lone surrogates.
@@ -49,10 +51,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class RecordError(ValueError):
     """Input that cannot become a :class:`Record`."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.detail = detail
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -196,8 +199,8 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _invalid(message: str) -> RecordError:
-    return RecordError(REASON_INVALID_RECORD, message)
+def _invalid(message: str, detail: str | None = None) -> RecordError:
+    return RecordError(REASON_INVALID_RECORD, message, detail)
 
 
 def _invalid_id(message: str) -> RecordError:
@@ -292,7 +295,7 @@ def _coreness(value: Any, field: str) -> CorenessLabel | None:
 
 def _require_text(record_id: str, title: str, abstract: str) -> None:
     if not title and not abstract:
-        raise _invalid(f"record {record_id}: missing title and abstract (at least one is required)")
+        raise _invalid(f"record {record_id}: missing title and abstract (at least one is required)", DETAIL_NO_TEXT)
 
 
 def _first(items: Any, key: str, field: str) -> Any:

@@ -19,11 +19,11 @@ from models.linear import LinearClassifier
 from models.losses import classification_loss
 from models.predictor import Predictor
 from models.records import Record
-from trainer.data import held_out, load_records, parse_training_line, time_split
 from trainer.evaluate import evaluate_model
 from trainer.sample import generate_sample
 from trainer.thresholds import apply_thresholds
 from trainer.train import category_targets, to_records, train_model
+from trainer.training_data import held_out, load_records, parse_training_line, time_split
 
 
 def _dated_sample(n: int, seed: int = 0) -> list[dict]:

@@ -17,9 +17,9 @@ import boto3
 import pytest
 
 from config.settings import Settings
+from models.record_files import bounded_lines, count_lines
 from models.registry import ModelRegistry
 from tests import test_registry
-from trainer.backfill import _count_lines, _read_lines
 from trainer.sample import write_sample
 
 # The registry tests' fixtures: a fresh moto bucket wired into CORESTREAM_*, and tiny trained checkpoints.
@@ -178,9 +178,9 @@ def test_read_lines_bounds_each_line() -> None:
     """Lines up to the limit come back without their newline; a longer one comes back as its length, read in
     pieces (never whole), and reading goes on after it; the last line may lack a newline."""
     data = b"a" * 10 + b"\n" + b"b" * 11 + b"\n" + b"\n" + b"c" * 5_000_000 + b"\n" + b"d" * 10 + b"\n" + b"e" * 12
-    lines = list(_read_lines(io.BytesIO(data), 10))
+    lines = list(bounded_lines(io.BytesIO(data), 10))
     assert lines == [b"a" * 10, 11, b"", 5_000_000, b"d" * 10, 12]
-    assert list(_read_lines(io.BytesIO(b"x\r\ny"), 10)) == [b"x\r", b"y"]
+    assert list(bounded_lines(io.BytesIO(b"x\r\ny"), 10)) == [b"x\r", b"y"]
     assert _count_lines_of(b"a\nb") == 2 and _count_lines_of(b"a\nb\n") == 2 and _count_lines_of(b"") == 0
 
 
@@ -188,4 +188,4 @@ def _count_lines_of(data: bytes) -> int:
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as handle:
         handle.write(data)
         handle.flush()
-        return _count_lines(Path(handle.name))
+        return count_lines(Path(handle.name))

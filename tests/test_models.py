@@ -16,9 +16,9 @@ from models.bag import hashed_ngrams
 from models.labels import CorenessProxy
 from models.predictor import Predictor
 from models.records import Record
-from trainer.data import load_records
 from trainer.sample import generate_sample
 from trainer.train import category_targets, to_records, train_model
+from trainer.training_data import load_records
 
 
 def _train_and_test_records(shared_data: Path | None) -> tuple[list[Record], list[Record]]:

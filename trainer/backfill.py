@@ -13,7 +13,6 @@ so an interrupted run (even SIGKILL) never duplicates or loses a line.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import logging
@@ -34,6 +33,7 @@ from config.cli import CommandError
 from config.settings import Settings
 from models.intake import parse_input, skipped_source
 from models.model_source import ModelLoadError, ModelSource
+from models.record_files import count_lines, numbered_lines
 from models.records import REASON_OVERSIZE, Record, RecordError
 from models.registry import Manifest, RegistryError, build_manifest, default_creator
 from models.registry_names import check_name, path_under
@@ -108,7 +108,7 @@ class Backfill:
         with predictions.open("ab") as out:
             out.truncate(state.bytes_written)  # drop lines written after the last checkpoint
             out.seek(state.bytes_written)
-            total = _count_lines(input_file)
+            total = count_lines(input_file)
             with tqdm(total=total, initial=state.lines_done, unit="rec", desc=f"backfill {name} {version}",
                       disable=not self.progress_bar) as bar:
                 for batch, last_line in self._batches(input_file, state, source, batch_size):
@@ -136,28 +136,27 @@ class Backfill:
         batch: list[Record] = []
         line_no = state.lines_done
         records = self.settings.records
-        with _open_input(input_file) as handle:
-            for line_no, raw in enumerate(_read_lines(handle, records.max_message_bytes), start=1):
-                if line_no <= state.lines_done:
-                    continue
-                try:
-                    if isinstance(raw, int):
-                        raise RecordError(REASON_OVERSIZE, f"line is {raw} bytes, above the limit of "
-                                                           f"{records.max_message_bytes}")
-                    record = parse_input(raw, records)
-                except RecordError as exc:
-                    state.invalid_count += 1
-                    if len(state.invalid) < MAX_LISTED_INVALID:
-                        state.invalid.append(InvalidLine(line=line_no, reason=exc.reason, error=exc.message))
-                    continue
-                skipped = skipped_source(record, self.settings.skip_sources, source)
-                if skipped is not None:
-                    state.skipped[skipped] = state.skipped.get(skipped, 0) + 1
-                    continue
-                batch.append(record)
-                if len(batch) >= batch_size:
-                    yield batch, line_no
-                    batch = []
+        for line_no, raw in numbered_lines(input_file, records.max_message_bytes):
+            if line_no <= state.lines_done:
+                continue
+            try:
+                if isinstance(raw, int):
+                    raise RecordError(REASON_OVERSIZE, f"line is {raw} bytes, above the limit of "
+                                                       f"{records.max_message_bytes}")
+                record = parse_input(raw, records)
+            except RecordError as exc:
+                state.invalid_count += 1
+                if len(state.invalid) < MAX_LISTED_INVALID:
+                    state.invalid.append(InvalidLine(line=line_no, reason=exc.reason, error=exc.message))
+                continue
+            skipped = skipped_source(record, self.settings.skip_sources, source)
+            if skipped is not None:
+                state.skipped[skipped] = state.skipped.get(skipped, 0) + 1
+                continue
+            batch.append(record)
+            if len(batch) >= batch_size:
+                yield batch, line_no
+                batch = []
         if batch or line_no > state.lines_done:
             yield batch, line_no
 
@@ -299,35 +298,6 @@ class Backfill:
             "elapsed_s": round(state.elapsed_s, 3),
             "records_per_s": round(state.classified / state.elapsed_s, 1) if state.elapsed_s else None,
         }
-
-
-def _open_input(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-
-
-def _read_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | int]:
-    """Each line without its newline, or for a line longer than ``limit`` bytes its length, read in pieces: one
-    huge line costs neither memory nor a crash."""
-    while line := handle.readline(limit + 2):
-        ended = line.endswith(b"\n")
-        if len(line) - ended <= limit:
-            yield line[:-1] if ended else line
-            continue
-        size = len(line)
-        while not ended and (line := handle.readline(1 << 20)):
-            size += len(line)
-            ended = line.endswith(b"\n")
-        yield size - ended
-
-
-def _count_lines(path: Path) -> int:
-    """Lines in the file (a last line without a newline counts), read in chunks."""
-    count, last = 0, b"\n"
-    with _open_input(path) as handle:
-        while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:

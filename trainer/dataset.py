@@ -10,7 +10,6 @@ reason in :class:`SkipCounter` and logged, never dropped silently.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, NotFoundError
 from elasticsearch import ConnectionError as ESConnectionError
@@ -34,7 +33,8 @@ from config.clients import es_client
 from config.logging import mask
 from config.settings import ElasticsearchSettings, Settings
 from models.labels import CorenessProxy
-from models.records import CorenessLabel, RecordError, parse_record
+from models.record_files import GZIP_ERRORS, SkipCounts, numbered_lines, open_text
+from models.records import DETAIL_NO_TEXT, CorenessLabel, RecordError, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,20 @@ class DatasetError(RuntimeError):
     """The dataset cannot be built (server unreachable, bad credentials, unreadable file...)."""
 
 
-class SkipCounter(Counter):
+class SkipCounter(SkipCounts):
     """Skipped inputs by reason; logs each one (the first few at WARNING, then at DEBUG)."""
 
     warn_limit = 10
 
     def skip(self, reason: str, where: str, message: str) -> None:
-        self[reason] += 1
+        super().skip(reason, where, message)
         level = logging.WARNING if self.total() <= self.warn_limit else logging.DEBUG
         log.log(level, "skipped %s: %s", where, message, extra={"reason": reason})
-
-    def summary(self) -> str:
-        return ", ".join(f"{reason}: {count}" for reason, count in sorted(self.items())) or "none"
 
 
 def skip_reason(error: RecordError) -> str:
     """The record error's reason, with records lacking both title and abstract told apart as ``no_text``."""
-    return SKIP_NO_TEXT if "missing title and abstract" in error.message else error.reason
+    return SKIP_NO_TEXT if error.detail == DETAIL_NO_TEXT else error.reason
 
 
 @dataclass
@@ -95,29 +92,21 @@ class BuildReport:
 # --------------------------------------------------------------------------- JSONL files
 
 
-def open_text(path: str | os.PathLike[str], mode: str = "r") -> IO[str]:
-    """Open a text file, gzip-compressed when its name ends with ``.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
 def iter_json_lines(path: str | os.PathLike[str], skipped: SkipCounter) -> Iterator[tuple[int, Any]]:
     """``(line number, JSON value)`` for each non-blank line; undecodable lines are counted in ``skipped``."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"input file not found: {path}")
     try:
-        with open_text(path) as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    skipped.skip("invalid_json", f"{path}:{number}", f"not JSON: {exc.msg}")
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        for number, line in numbered_lines(path):
+            text = line.decode("utf-8")  # type: ignore[union-attr]  # unbounded lines are bytes
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                skipped.skip("invalid_json", f"{path}:{number}", f"not JSON: {exc.msg}")
+    except (OSError, UnicodeDecodeError, *GZIP_ERRORS) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
 
 

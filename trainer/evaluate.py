@@ -29,10 +29,10 @@ from models.labels import CorenessProxy
 from models.predictor import Predictor
 from models.records import CORENESS_LABELS, Record
 from trainer.card import card_markdown
-from trainer.data import DataError, fingerprint
 from trainer.metrics import category_metrics, coreness_metrics
 from trainer.thresholds import apply_thresholds
 from trainer.train import category_targets, to_records
+from trainer.training_data import DataError, fingerprint
 
 log = logging.getLogger(__name__)
 CHUNK = 1024

@@ -27,13 +27,17 @@ from tqdm.auto import tqdm
 from config.cli import CommandError
 from config.settings import Settings
 from models.checkpoint import CONFIG_FILE, architecture, load_checkpoint, save_checkpoint
-from models.device import autocast, resolve_device
+from models.device import autocast
 from models.labels import CorenessProxy
 from models.losses import classification_loss
 from models.predictor import score_texts
 from models.records import CORENESS_LABELS, Record, RecordError
 from trainer.card import model_card
-from trainer.data import (
+from trainer.metrics import category_metrics, coreness_metrics
+from trainer.sample import generate_sample
+from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
+from trainer.train_config import TrainConfig, TrainingError
+from trainer.training_data import (
     DataError,
     category_vocabulary,
     fingerprint,
@@ -44,23 +48,10 @@ from trainer.data import (
     split_records,
     time_split,
 )
-from trainer.metrics import category_metrics, coreness_metrics
-from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARCH = "linear"
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 1e-1},
-    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2},
-    "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5},
-}
 DEFAULT_SAMPLE_COUNT = 2000
-
-
-class TrainingError(ValueError):
-    """Training cannot start: bad data, options or checkpoint."""
 
 
 def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: int | None, seed: int,
@@ -184,129 +175,96 @@ def coreness_class_weights(coreness: torch.Tensor, power: float) -> torch.Tensor
     return (counts.sum() / (3 * counts)).pow(power)
 
 
-def train_model(
-    data: str | Path | Sequence[Record | dict] | None,
-    *,
-    arch: str = DEFAULT_ARCH,
-    output_dir: str | Path,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    base_model: str | Path | None = None,
-    sample_count: int | None = None,
-    from_scratch: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    valid_fraction: float = 0.1,
-    split: str = "time",
-    extra_train: Sequence[str | Path] = (),
-    extra_valid_fraction: float = 0.2,
-    coreness_weight_power: float = 0.5,
-    at_least_one_category: bool = True,
-    min_category_count: int = 5,
-    learning_rate: float | None = None,
-    focal_gamma: float = 0.0,
-    max_seq_length: int | None = None,
-    max_steps: int | None = None,
-    device: str = "auto",
-    name: str | None = None,
-    version: str | None = None,
-    **arch_params: Any,
-) -> Path:
-    """Train (or resume) a model on ``data`` and save its checkpoint in ``output_dir``; return that path.
+def train_model(data: str | Path | Sequence[Record | dict] | None, config: TrainConfig | None = None,
+                **options: Any) -> Path:
+    """Train (or resume) a model on ``data`` and save its checkpoint in ``config.output_dir``; return that path.
 
     ``data``: a JSONL / arXiv snapshot path, a list of Records or record dicts, or None for a generated sample
-    of ``sample_count`` records. ``split``: ``time`` holds out the most recent ``valid_fraction`` by date (for
-    threshold tuning and the checkpoint's metrics), ``random`` a shuffled one. ``extra_train``: files of records
-    with real coreness labels (e.g. INSPIRE curator decisions); they train the coreness head only, and a stable
-    ``extra_valid_fraction`` of them (by id) is held out and reported. ``coreness_weight_power``: coreness
-    class weights (see :func:`coreness_class_weights`). ``max_steps`` stops early (smoke tests). Extra keyword
-    arguments are architecture parameters (e.g. ``embed_dim`` for bag, ``max_terms`` for linear).
+    of ``sample_count`` records. The options are a :class:`TrainConfig`, or its fields as keywords; other
+    keywords are architecture parameters (e.g. ``embed_dim`` for bag, ``max_terms`` for linear). ``split``:
+    ``time`` holds out the most recent ``valid_fraction`` by date (for threshold tuning and the checkpoint's
+    metrics), ``random`` a shuffled one. ``extra_train``: files of records with real coreness labels (e.g. INSPIRE
+    curator decisions); they train the coreness head only, and a stable ``extra_valid_fraction`` of them (by id) is
+    held out and reported. ``coreness_weight_power``: coreness class weights (see
+    :func:`coreness_class_weights`). ``max_steps`` stops early (smoke tests).
     """
-    if arch == "hybrid":
+    config, arch_params = TrainConfig.split_options(options) if config is None else (config, options)
+    if config.arch == "hybrid":
         from trainer.train_hybrid import train_model_hybrid
 
-        return train_model_hybrid(data, output_dir=output_dir, epochs=epochs, batch_size=batch_size,
-                                  base_model=base_model, sample_count=sample_count, seed=seed,
-                                  valid_fraction=valid_fraction, min_category_count=min_category_count,
-                                  learning_rate=learning_rate, max_seq_length=max_seq_length, device=device,
-                                  name=name, version=version, **arch_params)
-    if arch not in DEFAULTS:
-        raise TrainingError(f"unknown arch {arch!r}: expected one of {', '.join(DEFAULTS)}")
-    defaults = DEFAULTS[arch]
-    epochs = defaults["epochs"] if epochs is None else epochs
-    batch_size = batch_size or defaults["batch_size"]
-    learning_rate = learning_rate or defaults["learning_rate"]
-    if epochs < 0 or batch_size < 1 or learning_rate <= 0 or focal_gamma < 0 or coreness_weight_power < 0:
-        raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0, focal gamma >= 0 and "
-                            "coreness weight power >= 0")
-    if split not in ("time", "random"):
-        raise TrainingError(f"split must be 'time' or 'random', got {split!r}")
-    output_dir = Path(output_dir)
-    torch.manual_seed(seed)
-    device = resolve_device(device)
+        return train_model_hybrid(data, output_dir=config.output_dir, epochs=config.epochs,
+                                  batch_size=config.batch_size, base_model=config.base_model,
+                                  sample_count=config.sample_count, seed=config.seed,
+                                  valid_fraction=config.valid_fraction, min_category_count=config.min_category_count,
+                                  learning_rate=config.learning_rate, max_seq_length=config.max_seq_length,
+                                  device=config.device, name=config.name, version=config.version, **arch_params)
+    opts = config.resolved()
+    torch.manual_seed(opts.seed)
 
     proxy = CorenessProxy.load()
-    records = to_records(data, sample_count, seed, proxy)
-    train_records, valid_records = (time_split if split == "time" else split_records)(records, valid_fraction, seed)
+    records = to_records(data, opts.sample_count, opts.seed, proxy)
+    split = time_split if opts.split == "time" else split_records
+    train_records, valid_records = split(records, opts.valid_fraction, opts.seed)
     extra_train_records, extra_valid_records = [], []
-    for extra in extra_train:
-        fit, check = held_out(load_records(extra, proxy=proxy), extra_valid_fraction)
+    for extra in opts.extra_train:
+        fit, check = held_out(load_records(extra, proxy=proxy), opts.extra_valid_fraction)
         extra_train_records += fit
         extra_valid_records += check
     if not train_records:
         raise TrainingError(f"need at least 2 records to train, got {len(records)}")
 
-    resumed = (output_dir / CONFIG_FILE).exists() and not from_scratch
+    resumed = (opts.output_dir / CONFIG_FILE).exists() and not opts.from_scratch
     previous: dict[str, Any] = {}
     if resumed:
-        model, previous = load_checkpoint(output_dir, device="cpu")
-        if previous["arch"] != arch:
-            raise TrainingError(f"{output_dir} holds a {previous['arch']} checkpoint, not {arch}: pass --from-scratch "
-                                "or another --output-dir")
+        model, previous = load_checkpoint(opts.output_dir, device="cpu")
+        if previous["arch"] != opts.arch:
+            raise TrainingError(f"{opts.output_dir} holds a {previous['arch']} checkpoint, not {opts.arch}: pass "
+                                "--from-scratch or another --output-dir")
         labels = list(previous["category_labels"])
-        log.info("resuming %s from %s (%d epochs so far)", arch, output_dir,
+        log.info("resuming %s from %s (%d epochs so far)", opts.arch, opts.output_dir,
                  previous.get("training", {}).get("epochs_total", 0))
     else:
-        labels = category_vocabulary(train_records, min_category_count)
+        labels = category_vocabulary(train_records, opts.min_category_count)
         if not labels:
-            raise TrainingError(f"no category occurs {min_category_count} times in {len(train_records)} training "
+            raise TrainingError(f"no category occurs {opts.min_category_count} times in {len(train_records)} training "
                                 "records: lower --min-category-count or add data")
-        model = build_model(arch, len(labels), base_model, max_seq_length, arch_params,
+        model = build_model(opts.arch, len(labels), opts.base_model, opts.max_seq_length, arch_params,
                             [r.text for r in train_records])
     texts = [r.text for r in train_records + extra_train_records]
     y_core = torch.from_numpy(coreness_targets(train_records + extra_train_records))
     y_cats = torch.from_numpy(category_targets(train_records + extra_train_records, labels))
     cat_mask = torch.cat([torch.ones(len(train_records)), torch.zeros(len(extra_train_records))])
-    core_weight = coreness_class_weights(y_core, coreness_weight_power).to(device)
+    core_weight = coreness_class_weights(y_core, opts.coreness_weight_power).to(opts.device)
     if not resumed:
         init_head_biases(model, y_core, y_cats[: len(train_records)])
-    model.to(device)
+    model.to(opts.device)
     dense_params = [p for p in model.parameters() if p.requires_grad and not is_sparse(model, p)]
-    steps_per_epoch = math.ceil(len(texts) / batch_size)
-    total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
-    optimizers = make_optimizers(model, learning_rate, weight_decay=0.0 if arch in ("bag", "linear") else 0.01,
-                                 head_lr_factor=1.0 if arch in ("bag", "linear") else 20.0)
+    steps_per_epoch = math.ceil(len(texts) / opts.batch_size)
+    total_steps = min(opts.epochs * steps_per_epoch, opts.max_steps or opts.epochs * steps_per_epoch)
+    sparse_arch = opts.arch in ("bag", "linear")
+    optimizers = make_optimizers(model, opts.learning_rate, weight_decay=0.0 if sparse_arch else 0.01,
+                                 head_lr_factor=1.0 if sparse_arch else 20.0)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.05, 1 - step / max(1, total_steps)))
                   for opt in optimizers]
-    amp_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
-    generator = torch.Generator().manual_seed(seed)
+    amp_dtype = torch.bfloat16 if opts.device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+    generator = torch.Generator().manual_seed(opts.seed)
     started = time.monotonic()
     step, epochs_run = 0, 0
     model.train()
-    with tqdm(total=total_steps, desc=f"train {arch}", unit="batch", disable=not progress) as bar:
-        for epoch in range(epochs):
+    with tqdm(total=total_steps, desc=f"train {opts.arch}", unit="batch", disable=not opts.progress) as bar:
+        for epoch in range(opts.epochs):
             if step >= total_steps:
                 break
             order = torch.randperm(len(texts), generator=generator)
-            for start in range(0, len(order), batch_size):
+            for start in range(0, len(order), opts.batch_size):
                 if step >= total_steps:
                     break
-                idx = order[start:start + batch_size]
+                idx = order[start:start + opts.batch_size]
                 inputs = model.encode([texts[i] for i in idx])
-                with autocast(device, amp_dtype):
-                    output = model(**{key: value.to(device) for key, value in inputs.items()})
-                loss = classification_loss(output, y_core[idx].to(device), y_cats[idx].to(device), focal_gamma,
-                                           core_weight, cat_mask[idx].to(device))
+                with autocast(opts.device, amp_dtype):
+                    output = model(**{key: value.to(opts.device) for key, value in inputs.items()})
+                loss = classification_loss(output, y_core[idx].to(opts.device), y_cats[idx].to(opts.device),
+                                           opts.focal_gamma, core_weight, cat_mask[idx].to(opts.device))
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -320,47 +278,48 @@ def train_model(
             epochs_run += 1
     train_seconds = time.monotonic() - started
 
-    score_batch = max(batch_size, 64)
+    score_batch = max(opts.batch_size, 64)
     if valid_records:
-        valid_summary, thresholds = evaluate_split(model, valid_records, labels, device=device,
+        valid_summary, thresholds = evaluate_split(model, valid_records, labels, device=opts.device,
                                                    batch_size=score_batch, tune=True,
-                                                   at_least_one=at_least_one_category)
+                                                   at_least_one=opts.at_least_one_category)
     else:
         valid_summary, thresholds = {}, {label: 0.5 for label in labels}
     metrics: dict[str, Any] = {"valid": valid_summary}
     if extra_valid_records:
         core_probs, _ = score_texts(model, [r.text for r in extra_valid_records], batch_size=score_batch,
-                                    device=device)
+                                    device=opts.device)
         metrics["extra_valid"] = coreness_summary(extra_valid_records, core_probs)
     previous_training = previous.get("training", {})
-    config = {
-        "name": name or previous.get("name") or f"corestream-{arch}",
-        "version": version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
+    checkpoint_config = {
+        "name": opts.name or previous.get("name") or f"corestream-{opts.arch}",
+        "version": opts.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
         "coreness_labels": list(CORENESS_LABELS),
         "category_labels": labels,
         "thresholds": thresholds,
-        "at_least_one_category": at_least_one_category,
+        "at_least_one_category": opts.at_least_one_category,
         "metrics": metrics,
         "data_fingerprint": fingerprint(records + extra_train_records),
-        "base_model": str(base_model) if base_model else previous.get("base_model"),
+        "base_model": str(opts.base_model) if opts.base_model else previous.get("base_model"),
         "training": {
             "epochs": epochs_run, "steps": step,
             "epochs_total": previous_training.get("epochs_total", 0) + epochs_run,
-            "resumed": resumed, "batch_size": batch_size, "learning_rate": learning_rate,
-            "focal_gamma": focal_gamma, "seed": seed, "valid_fraction": valid_fraction, "split": split,
-            "coreness_weight_power": coreness_weight_power, "coreness_class_weights": core_weight.tolist(),
-            "min_category_count": min_category_count, "train_records": len(train_records),
+            "resumed": resumed, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
+            "focal_gamma": opts.focal_gamma, "seed": opts.seed, "valid_fraction": opts.valid_fraction,
+            "split": opts.split,
+            "coreness_weight_power": opts.coreness_weight_power, "coreness_class_weights": core_weight.tolist(),
+            "min_category_count": opts.min_category_count, "train_records": len(train_records),
             "valid_records": len(valid_records), "extra_train_records": len(extra_train_records),
             "extra_valid_records": len(extra_valid_records), "train_seconds": round(train_seconds, 2),
-            "device": device,
+            "device": opts.device,
         },
     }
-    config["card"] = model_card(data, extra_train, train_records, valid_records, extra_train_records,
-                                extra_valid_records, labels, metrics, split)
+    checkpoint_config["card"] = model_card(data, opts.extra_train, train_records, valid_records,
+                                           extra_train_records, extra_valid_records, labels, metrics, opts.split)
     if "dont_run_on" in previous:
-        config["dont_run_on"] = previous["dont_run_on"]
-    path = save_checkpoint(model.cpu(), config, output_dir)
-    log.info("saved %s checkpoint to %s", arch, path, extra={"metrics": valid_summary})
+        checkpoint_config["dont_run_on"] = previous["dont_run_on"]
+    path = save_checkpoint(model.cpu(), checkpoint_config, opts.output_dir)
+    log.info("saved %s checkpoint to %s", opts.arch, path, extra={"metrics": valid_summary})
     return path
 
 
@@ -369,17 +328,7 @@ def train_model(
 
 def _train_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        path = train_model(
-            args.data, arch=args.arch, output_dir=args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
-            base_model=args.base_model, sample_count=args.sample_count, from_scratch=args.from_scratch,
-            seed=args.seed, progress=not args.no_progress, valid_fraction=args.valid_fraction, split=args.split,
-            extra_train=args.extra_train or (), extra_valid_fraction=args.extra_valid_fraction,
-            coreness_weight_power=args.coreness_weight_power,
-            at_least_one_category=not args.allow_no_category,
-            min_category_count=args.min_category_count, learning_rate=args.learning_rate,
-            focal_gamma=args.focal_gamma, max_seq_length=args.max_seq_length, device=args.device, name=args.name,
-            version=args.version,
-        )
+        path = train_model(args.data, TrainConfig.from_args(args))
     except (ValueError, OSError) as exc:  # TrainingError, DataError, CheckpointError, bad device
         raise CommandError(str(exc)) from None
     config = json.loads((path / CONFIG_FILE).read_text())
@@ -394,38 +343,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "--from-scratch. Without --data, trains on a generated sample.")
     p.add_argument("--data", metavar="FILE", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
                                   "(default: a generated sample of --sample-count records)")
-    p.add_argument("--arch", choices=[*DEFAULTS, "hybrid"], default=DEFAULT_ARCH,
-                   help="linear (TF-IDF, the default), bag (hashed embeddings), transformer, or hybrid (frozen "
-                        "sentence encoder + TF-IDF, heads only; default base: MiniLM-L6)")
-    p.add_argument("--extra-train", metavar="FILE", action="append",
-                   help="records with real coreness labels (e.g. an INSPIRE coreness file or a `dataset --from-es` "
-                        "build); train the coreness head only; repeatable")
-    p.add_argument("--extra-valid-fraction", metavar="F", type=float, default=0.2,
-                   help="share of the --extra-train records held out (by id) and reported (default: %(default)s)")
-    p.add_argument("--split", choices=["time", "random"], default="time",
-                   help="validation slice: the most recent records by date, or a shuffled one (default: %(default)s)")
-    p.add_argument("--coreness-weight-power", metavar="P", type=float, default=0.5,
-                   help="coreness class weights (n / 3 n_class) ** P; 0 = unweighted, 1 = balanced "
-                        "(default: %(default)s)")
-    p.add_argument("--allow-no-category", action="store_true",
-                   help="let a record have no category when none passes its threshold (default: its best one)")
-    p.add_argument("--base-model", metavar="DIR", help="local Hugging Face encoder directory (arch transformer)")
-    p.add_argument("--output-dir", metavar="DIR", default="artifacts/model",
-                   help="checkpoint directory (default: %(default)s)")
-    p.add_argument("--epochs", metavar="N", type=int, help="linear: 8, bag: 5, transformer: 2")
-    p.add_argument("--batch-size", metavar="N", type=int, help="linear: 64, bag: 64, transformer: 16")
-    p.add_argument("--learning-rate", metavar="LR", type=float, help="linear: 1e-1, bag: 5e-2, transformer: 5e-5")
-    p.add_argument("--sample-count", metavar="N", type=int, help="use at most this many records")
-    p.add_argument("--valid-fraction", metavar="F", type=float, default=0.1,
-                   help="validation share: the most recent records (default: %(default)s)")
-    p.add_argument("--min-category-count", metavar="N", type=int, default=5,
-                   help="keep categories seen at least this often in training data (default: %(default)s)")
-    p.add_argument("--focal-gamma", metavar="G", type=float, default=0.0, help="focal loss gamma; 0 = plain CE + BCE")
-    p.add_argument("--max-seq-length", metavar="N", type=int, help="tokens (transformer) or words (bag) per record")
-    p.add_argument("--seed", metavar="N", type=int, default=0)
-    p.add_argument("--device", metavar="DEVICE", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--name", metavar="NAME", help="model name (default: corestream-ARCH)")
-    p.add_argument("--version", metavar="VERSION", help="model version (default: a UTC timestamp)")
-    p.add_argument("--from-scratch", action="store_true", help="ignore an existing checkpoint in --output-dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    TrainConfig.add_arguments(p)
     p.set_defaults(func=_train_command)

@@ -179,9 +179,9 @@ def train_model_hybrid(data: Any, *, output_dir: str | Path, epochs: int | None 
     """``train_model`` for arch ``hybrid`` (same data, split and threshold tuning; the heads are always fitted
     from scratch, which takes seconds once the embeddings are cached). Unused options (progress, focal...) are
     ignored."""
-    from trainer.data import category_vocabulary, fingerprint, split_records
     from trainer.thresholds import tune_thresholds
     from trainer.train import TrainingError, category_targets, to_records
+    from trainer.training_data import category_vocabulary, fingerprint, split_records
 
     records = to_records(data, sample_count, seed, CorenessProxy.load())
     train_records, valid_records = split_records(records, valid_fraction, seed)

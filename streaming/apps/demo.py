@@ -81,7 +81,7 @@ def ensure_model(model_dir: Path, train_records: int, retrain: bool, train_data:
 
 def recent_records(path: Path, count: int) -> list:
     """The ``count`` most recent usable records of a JSON-lines file (by date)."""
-    from trainer.data import load_records
+    from trainer.training_data import load_records
 
     records = load_records(path)
     return sorted(records, key=lambda r: (getattr(r, "date", None) or "", r.id))[-count:]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from tqdm import tqdm
@@ -15,14 +14,11 @@ from tqdm import tqdm
 from config.cli import CommandError
 from config.clients import make_producer
 from config.settings import Settings
+from models.record_files import numbered_lines, open_text
 from models.records import RecordError, parse_record
 from streaming.kafka import create_topics, produce, topic_names
 
 # --------------------------------------------------------------------------- reading record files
-
-
-def _open_text(path: Path) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
 def record_key(record: Any) -> bytes | None:
@@ -45,7 +41,7 @@ def _documents(data: Any) -> list[Any]:
 
 def _whole_document(path: Path) -> list[Any] | None:
     """The file's records if it holds one JSON document (not JSON lines), else None."""
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         first_line = handle.readline()
     start = first_line.lstrip()[:1]
     if start not in ("[", "{"):
@@ -58,7 +54,7 @@ def _whole_document(path: Path) -> list[Any] | None:
         else:
             if not (isinstance(first, dict) and "hits" in first):
                 return None  # JSON lines
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         try:
             return _documents(json.load(handle))
         except json.JSONDecodeError:
@@ -76,16 +72,15 @@ def iter_messages(path: str | Path) -> Iterator[tuple[bytes | None, bytes]]:
         for record in documents:
             yield record_key(record), json.dumps(record, ensure_ascii=False).encode("utf-8")
         return
-    with path.open("rb") if path.suffix != ".gz" else gzip.open(path, "rb") as handle:
-        for raw in handle:
-            line = raw.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            try:
-                key = record_key(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                key = None
-            yield key, line
+    for _, raw in numbered_lines(path):
+        line = raw.rstrip(b"\r\n")  # type: ignore[union-attr]  # unbounded lines are bytes
+        if not line.strip():
+            continue
+        try:
+            key = record_key(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            key = None
+        yield key, line
 
 
 # --------------------------------------------------------------------------- commands

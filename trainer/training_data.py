@@ -1,4 +1,4 @@
-"""Training data: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
+"""Training examples: JSON lines (flat, INSPIRE or arXiv-snapshot records; ``.gz`` too) -> labelled Records.
 
 Categories are normalised (old arXiv names renamed); coreness is the record's real label when it has one
 (``coreness``/``core``, or ``label`` as in an INSPIRE coreness file), else the documented proxy from its
@@ -9,7 +9,6 @@ silently.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -19,9 +18,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from models.labels import CorenessProxy
+from models.record_files import GZIP_ERRORS, SkipCounts, numbered_lines
 from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
 from trainer.dataset import snapshot_date
 
@@ -45,26 +45,18 @@ class LoadReport:
 
     path: str
     read: int = 0
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
-    examples: list[str] = field(default_factory=list)  # the first few skip messages, with line numbers
+    skipped: SkipCounts = field(default_factory=SkipCounts)  # reason -> count, and the first few messages
 
     def skip(self, line_no: int, reason: str, message: str) -> None:
-        self.skipped[reason] += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"line {line_no}: {message}")
+        self.skipped.skip(reason, f"line {line_no}", message)
 
     def summary(self) -> str:
         kept = self.read - sum(self.skipped.values())
         text = f"{self.path}: {kept} of {self.read} records usable"
         if self.skipped:
             reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
-            text += f"; skipped {reasons} (e.g. {'; '.join(self.examples[:3])})"
+            text += f"; skipped {reasons} (e.g. {'; '.join(self.skipped.examples[:3])})"
         return text
-
-
-def open_lines(path: Path) -> IO[bytes]:
-    """Binary lines (so that a line that is not UTF-8 is reported by ``parse_record``, not fatal)."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
 def label_record(record: Record, proxy: CorenessProxy) -> Record:
@@ -102,21 +94,20 @@ def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy |
     proxy = proxy or CorenessProxy.load()
     line_no = 0
     try:
-        with open_lines(Path(path)) as lines:
-            for line_no, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                report.read += 1
-                try:
-                    record = parse_training_line(line, max_text_chars=max_text_chars)
-                except RecordError as exc:
-                    report.skip(line_no, exc.reason, str(exc))
-                    continue
-                if not record.categories and record.coreness is None:
-                    report.skip(line_no, REASON_UNLABELLED, f"record {record.id} has neither categories nor coreness")
-                    continue
-                yield label_record(record, proxy)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        for line_no, line in numbered_lines(path):
+            if not line.strip():
+                continue
+            report.read += 1
+            try:
+                record = parse_training_line(line, max_text_chars=max_text_chars)
+            except RecordError as exc:
+                report.skip(line_no, exc.reason, str(exc))
+                continue
+            if not record.categories and record.coreness is None:
+                report.skip(line_no, REASON_UNLABELLED, f"record {record.id} has neither categories nor coreness")
+                continue
+            yield label_record(record, proxy)
+    except GZIP_ERRORS as exc:
         raise DataError(f"{path} is truncated or not valid gzip (after line {line_no}): {exc}") from None
 
 
