@@ -118,8 +118,8 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
 
 CANDIDATES = [
     Candidate("reference (TF-IDF + LR, sklearn)", reference),
-    Candidate("linear (default)", trainer_candidate("linear")),
-    Candidate("bag", trainer_candidate("bag")),
+    Candidate("linear", trainer_candidate("linear")),
+    Candidate("bag (default)", trainer_candidate("bag")),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The default ``linear`` model, the at-least-one-category fallback, the time-later split, real coreness labels
+"""The ``linear`` model, the at-least-one-category fallback, the time-later split, real coreness labels
 and the model card."""
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def _dated_sample(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def linear_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("linear") / "model"
-    return train_model(_dated_sample(800), output_dir=out, progress=False, epochs=3)
+    return train_model(_dated_sample(800), output_dir=out, arch="linear", progress=False, epochs=3)
 
 
-def test_linear_is_the_default_and_round_trips(linear_checkpoint: Path, tmp_path: Path) -> None:
+def test_linear_round_trips(linear_checkpoint: Path, tmp_path: Path) -> None:
     config = json.loads((linear_checkpoint / "config.json").read_text())
     assert config["arch"] == "linear" and config["at_least_one_category"] is True
     assert (linear_checkpoint / "vocabulary.json").is_file()
@@ -179,7 +179,7 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
     data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
     model = ensure_model(tmp_path / "demo", 200, retrain=False, train_data=data)
     config = json.loads((model / "config.json").read_text())
-    assert config["arch"] == "linear" and config["training"]["train_records"] + config["training"][
+    assert config["arch"] == "bag" and config["training"]["train_records"] + config["training"][
         "valid_records"] == 200
     assert config["card"]["data"]["valid_dates"]["last"] == "2010-10-27"  # the most recent of the 300 days
 
@@ -192,4 +192,4 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
            "BOOTSTRAP_DATA": str(data)}
     result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "saved linear model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
+    assert "saved bag model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample

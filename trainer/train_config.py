@@ -12,7 +12,7 @@ from typing import Any
 
 from models.device import resolve_device
 
-DEFAULT_ARCH = "linear"
+DEFAULT_ARCH = "bag"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 1e-1},
     "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2},
@@ -36,7 +36,7 @@ class TrainConfig:
     """Every training option, with its default. ``None`` for epochs, batch size and learning rate means the
     architecture's default (:data:`DEFAULTS`)."""
 
-    arch: str = option(DEFAULT_ARCH, "linear (TF-IDF, the default), bag (hashed embeddings), transformer, or "
+    arch: str = option(DEFAULT_ARCH, "bag (hashed embeddings, the default), linear (TF-IDF), transformer, or "
                        "hybrid (frozen sentence encoder + TF-IDF, heads only; default base: MiniLM-L6)",
                        choices=[*DEFAULTS, "hybrid"])
     extra_train: tuple[str | Path, ...] = option((), "records with real coreness labels (e.g. an INSPIRE coreness "

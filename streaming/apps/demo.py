@@ -57,7 +57,7 @@ def demo_settings(settings: Settings, bootstrap: str, model_dir: Path, output: P
 
 
 def ensure_model(model_dir: Path, train_records: int, retrain: bool, train_data: Path | None = None) -> Path:
-    """Reuse the checkpoint in ``model_dir``, or train the default (linear) model on the ``train_records`` most
+    """Reuse the checkpoint in ``model_dir``, or train the default (bag) model on the ``train_records`` most
     recent papers of ``train_data`` (real arXiv metadata), or a small bag model on the generated sample."""
     from models.checkpoint import CheckpointError, read_checkpoint_config
 
@@ -71,7 +71,7 @@ def ensure_model(model_dir: Path, train_records: int, retrain: bool, train_data:
     from trainer.train import train_model
 
     if train_data is not None:
-        print(f"training the linear model on {train_records} real papers of {train_data} -> {model_dir}")
+        print(f"training the default model on {train_records} real papers of {train_data} -> {model_dir}")
         return train_model(recent_records(train_data, train_records), output_dir=model_dir, from_scratch=True,
                            name=DEMO_MODEL_NAME, progress=False)
     print(f"training a small bag model on {train_records} generated records -> {model_dir}")
