@@ -358,14 +358,10 @@ class SinkStage(Stage):
                 with self._dlq_lock:
                     self._send_letters(letters)
                 break
-            except DeadLetterError as exc:
-                if exc.fatal:
+            except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
+                if isinstance(exc, DeadLetterError) and exc.fatal:
                     recreated = self._recreate("dead-letter producer", self.dead_letters.reset, exc, recreated)
                     continue
-                attempt += 1
-                if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
-                    return None
-            except Exception as exc:  # noqa: BLE001 - not confirmed: send again, never commit past them
                 attempt += 1
                 if not self._wait_to_retry(batch, "dead-letter topic unavailable", exc, attempt):
                     return None
