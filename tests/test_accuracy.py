@@ -149,7 +149,8 @@ def test_linear_beats_trivial_baselines_on_real_data(tmp_path: Path, shared_data
     else:
         train = to_records(_dated_sample(2000, seed=1), None, 0, proxy)
         test = to_records(generate_sample(400, seed=2), None, 0, proxy)
-    predictor = Predictor.from_checkpoint(train_model(train, output_dir=tmp_path / "m", progress=False), device="cpu")
+    model = train_model(train, output_dir=tmp_path / "m", arch="linear", progress=False)
+    predictor = Predictor.from_checkpoint(model, device="cpu")
     labels = predictor.category_labels
     results = predictor.predict_batch(test)
     assert all(r.categories for r in results)
