@@ -43,6 +43,7 @@ from models.predictor import Predictor  # noqa: E402
 from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
 from trainer.train import train_model  # noqa: E402
+from trainer.train_config import DEFAULT_ARCH  # noqa: E402
 from trainer.training_data import held_out, load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,6 +89,7 @@ def trainer_candidate(arch: str, **options: object) -> Callable[[Path, Path | No
 
 def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
     """TF-IDF (1-2-grams, sublinear, 300k) + one-vs-rest LR (C=10), threshold 0.2, top-1 fallback."""
+    from joblib import parallel_backend
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -101,7 +103,9 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
     counts = Counter(c for r in records for c in r.categories)
     binarizer = MultiLabelBinarizer(classes=sorted(c for c, n in counts.items() if n >= 5))
     targets = binarizer.fit_transform([[c for c in r.categories if c in binarizer.classes] for r in records])
-    categories = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(features[:len(records)], targets)
+    with parallel_backend("threading", n_jobs=-1):  # liblinear frees the GIL; processes would copy the features
+        categories = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(features[:len(records)],
+                                                                                           targets)
     coreness = LogisticRegression(C=10, max_iter=1000).fit(features, [r.coreness for r in records + extra])
     train_seconds = time.monotonic() - started
 
@@ -118,8 +122,8 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
 
 CANDIDATES = [
     Candidate("reference (TF-IDF + LR, sklearn)", reference),
-    Candidate("linear", trainer_candidate("linear")),
-    Candidate("bag (default)", trainer_candidate("bag")),
+    *(Candidate(f"{arch} (default)" if arch == DEFAULT_ARCH else arch, trainer_candidate(arch))
+      for arch in ("linear", "bag")),
 ]
 
 

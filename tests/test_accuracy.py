@@ -23,7 +23,15 @@ from trainer.evaluate import evaluate_model
 from trainer.sample import generate_sample
 from trainer.thresholds import apply_thresholds
 from trainer.train import category_targets, to_records, train_model
-from trainer.training_data import held_out, load_records, parse_training_line, time_split
+from trainer.training_data import (
+    DatedRecord,
+    decimal_year,
+    held_out,
+    load_records,
+    parse_training_line,
+    recency_weights,
+    time_split,
+)
 
 
 def _dated_sample(n: int, seed: int = 0) -> list[dict]:
@@ -59,7 +67,7 @@ def test_every_record_gets_a_category_unless_disabled(linear_checkpoint: Path, t
     strict = tmp_path / "strict"
     shutil.copytree(linear_checkpoint, strict)
     config = json.loads((strict / "config.json").read_text())
-    config["thresholds"] = {label: 1.0 for label in config["category_labels"]}  # nothing passes
+    config["thresholds"] = {label: 2.0 for label in config["category_labels"]}  # above any probability
     (strict / "config.json").write_text(json.dumps(config))
     records = to_records(generate_sample(20, seed=3), None, 0, CorenessProxy.load())
     predictor = Predictor.from_checkpoint(strict, device="cpu")
@@ -194,3 +202,31 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
     result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "saved bag model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
+
+
+def test_recency_weights_halve_per_half_life() -> None:
+    records = [DatedRecord(id=str(i), title="t", abstract="a", date=date)
+               for i, date in enumerate(["2017-01-01", "2013-01-01", "2009-01-01", None, "2017"])]
+    weights = recency_weights(records, 4.0)
+    dated = weights[[0, 1, 2, 4]]
+    assert dated.mean() == pytest.approx(1.0)
+    assert weights[0] / weights[1] == pytest.approx(2.0, rel=1e-3) and weights[1] / weights[2] == pytest.approx(
+        2.0, rel=1e-3)
+    assert weights[3] == pytest.approx(weights[0])  # undated: as the most recent
+    assert recency_weights(records, 0.0).tolist() == [1.0] * 5
+    assert decimal_year("2016-07-02") == pytest.approx(2016.5, abs=0.01) and decimal_year("n/a") is None
+
+
+def test_refit_trains_the_saved_model_on_the_validation_slice_too(tmp_path: Path) -> None:
+    rows = _dated_sample(300, seed=6)
+    for row in rows[-20:]:  # the most recent 20 papers (the validation slice is the last 30) share a new term
+        row["abstract"] += " zyxwvut"
+    refit = train_model(rows, output_dir=tmp_path / "refit", arch="linear", progress=False, epochs=2)
+    held = train_model(rows, output_dir=tmp_path / "held", arch="linear", progress=False, epochs=2, refit=False)
+    refit_config, held_config = (json.loads((path / "config.json").read_text()) for path in (refit, held))
+    assert refit_config["training"]["refit_on_all_records"] and not held_config["training"]["refit_on_all_records"]
+    assert refit_config["training"]["valid_records"] == 30
+    assert "zyxwvut" in load_checkpoint(refit)[0].index and "zyxwvut" not in load_checkpoint(held)[0].index
+    # Thresholds and metrics come from the held-out run in both: the same numbers.
+    assert refit_config["metrics"] == held_config["metrics"] and refit_config["thresholds"] == held_config["thresholds"]
+    assert refit_config["card"]["data"]["refit_on_all_records"] is True

@@ -24,10 +24,11 @@ def test_no_flags_give_the_defaults() -> None:
 def test_flags_set_their_fields() -> None:
     config = parse("--arch", "bag", "--epochs", "3", "--learning-rate", "0.5", "--extra-train", "a.jsonl",
                    "--extra-train", "b.jsonl", "--allow-no-category", "--no-progress", "--from-scratch",
-                   "--split", "random", "--output-dir", "out", "--seed", "7")
+                   "--split", "random", "--output-dir", "out", "--seed", "7", "--no-refit",
+                   "--recency-half-life", "2.5")
     assert config == TrainConfig(arch="bag", epochs=3, learning_rate=0.5, extra_train=("a.jsonl", "b.jsonl"),
                                  at_least_one_category=False, progress=False, from_scratch=True, split="random",
-                                 output_dir="out", seed=7)
+                                 output_dir="out", seed=7, refit=False, recency_half_life=2.5)
 
 
 def test_every_field_but_the_test_only_one_has_a_flag() -> None:
@@ -47,6 +48,10 @@ def test_resolved_fills_the_architecture_defaults_and_checks() -> None:
     assert (config.epochs, config.batch_size, config.learning_rate) == (5, 64, 5e-2)
     assert config.output_dir == Path("artifacts/model")
     assert TrainConfig(arch="linear", epochs=0, device="cpu").resolved().epochs == 0
+    assert TrainConfig(arch="linear", device="cpu").resolved().recency_half_life == 4.0
+    assert TrainConfig(arch="bag", device="cpu").resolved().recency_half_life == 0.0
+    with pytest.raises(TrainingError, match="recency half-life >= 0"):
+        TrainConfig(recency_half_life=-1, device="cpu").resolved()
     with pytest.raises(TrainingError, match="unknown arch"):
         TrainConfig(arch="nope").resolved()
     with pytest.raises(TrainingError, match="batch size >= 1"):

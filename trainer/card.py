@@ -32,14 +32,15 @@ def _label_sources(records: Sequence[Record]) -> dict[str, int]:
 
 def model_card(data: Any, extra_train: Sequence[str | Path], train: Sequence[Record], valid: Sequence[Record],
                extra_fit: Sequence[Record], extra_check: Sequence[Record], labels: Sequence[str],
-               metrics: dict[str, Any], split: str) -> dict[str, Any]:
-    """What data, which labels, metrics on the time-later slice and on held-out real labels, known limits."""
+               metrics: dict[str, Any], split: str, refit: bool = False) -> dict[str, Any]:
+    """What data, which labels, metrics on the time-later slice and on held-out real labels, known limits.
+    ``refit``: the saved model was trained again on training + validation records after thresholds were tuned."""
     source = str(data) if isinstance(data, str | Path) else "generated sample" if data is None else "in-memory"
     card: dict[str, Any] = {
         "data": {"source": source, "train_records": len(train), "train_dates": _dates(train),
                  "valid_records": len(valid), "valid_dates": _dates(valid),
                  "valid_split": "most recent slice by date" if split == "time" and _dates(valid)["first"]
-                 else "shuffled"},
+                 else "shuffled", "refit_on_all_records": refit},
         "labels": {"categories": len(labels),
                    "coreness": "real labels where the record has one, else the arXiv-category proxy",
                    "coreness_train_counts": _label_sources(list(train) + list(extra_fit))},
@@ -65,7 +66,9 @@ def card_markdown(card: dict[str, Any] | None) -> list[str]:
              f"* Data: {data['source']}, {data['train_records']} training records "
              f"({data['train_dates']['first']} .. {data['train_dates']['last']}); validation: "
              f"{data['valid_records']} records, {data['valid_split']} "
-             f"({data['valid_dates']['first']} .. {data['valid_dates']['last']})."]
+             f"({data['valid_dates']['first']} .. {data['valid_dates']['last']})."
+             + (" After tuning thresholds and measuring on it, the saved model was trained again on training and "
+                "validation records together." if data.get("refit_on_all_records") else "")]
     if "extra_train" in data:
         lines.append(f"* Real coreness labels: {', '.join(data['extra_train'])}: {data['extra_train_records']} "
                      f"for training, {data['extra_held_out_records']} held out.")

@@ -14,9 +14,9 @@ from models.device import resolve_device
 
 DEFAULT_ARCH = "bag"
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 1e-1},
-    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2},
-    "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5},
+    "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # SGD, per record
+    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2, "recency_half_life": 0.0},
+    "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5, "recency_half_life": 0.0},
 }
 SPLITS = ("time", "random")
 
@@ -50,12 +50,19 @@ class TrainConfig:
                                           "1 = balanced (default: %(default)s)", metavar="P")
     at_least_one_category: bool = option(True, "let a record have no category when none passes its threshold "
                                          "(default: its best one)", flag="--allow-no-category")
+    refit: bool = option(True, "keep the model trained without the validation slice (default for linear and bag: "
+                         "after tuning thresholds on it, train again on all records; the reported metrics stay "
+                         "those of the held-out slice)", flag="--no-refit")
     base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer)",
                                            metavar="DIR")
     output_dir: str | Path = option("artifacts/model", "checkpoint directory (default: %(default)s)", metavar="DIR")
     epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2", metavar="N")
     batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16", metavar="N")
-    learning_rate: float | None = option(None, "linear: 1e-1, bag: 5e-2, transformer: 5e-5", metavar="LR")
+    learning_rate: float | None = option(None, "linear: 4 (SGD, per record), bag: 5e-2, transformer: 5e-5",
+                                         metavar="LR")
+    recency_half_life: float | None = option(None, "years: a paper's category loss weighs half as much per this "
+                                             "many years before the most recent one; 0 = all equal (linear: 4, "
+                                             "bag and transformer: 0)", metavar="YEARS")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")
@@ -87,13 +94,15 @@ class TrainConfig:
         epochs = defaults["epochs"] if self.epochs is None else self.epochs
         batch_size = self.batch_size or defaults["batch_size"]
         learning_rate = self.learning_rate or defaults["learning_rate"]
+        half_life = defaults["recency_half_life"] if self.recency_half_life is None else self.recency_half_life
         if (epochs < 0 or batch_size < 1 or learning_rate <= 0 or self.focal_gamma < 0
-                or self.coreness_weight_power < 0):
-            raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0, focal gamma >= 0 and "
-                                "coreness weight power >= 0")
+                or self.coreness_weight_power < 0 or half_life < 0):
+            raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0, focal gamma >= 0, "
+                                "coreness weight power >= 0 and recency half-life >= 0")
         if self.split not in SPLITS:
             raise TrainingError(f"split must be 'time' or 'random', got {self.split!r}")
         return replace(self, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                       recency_half_life=half_life,
                        output_dir=Path(self.output_dir), device=resolve_device(self.device))
 
     # ------------------------------------------------------------------ command line

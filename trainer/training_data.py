@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.labels import CorenessProxy
 from models.record_files import GZIP_ERRORS, SkipCounts, numbered_lines
 from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
@@ -179,3 +181,28 @@ def fingerprint(records: Iterable[Record]) -> str:
     for record in records:
         digest.update(json.dumps([record.id, record.text, record.categories, record.coreness]).encode("utf-8"))
     return "sha256:" + digest.hexdigest()
+
+
+def decimal_year(date: str | None) -> float | None:
+    """``YYYY-MM-DD`` / ``YYYY-MM`` / ``YYYY`` -> the year with its fraction (None when unreadable)."""
+    parts = (date or "").strip()[:10].split("-")
+    try:
+        year = int(parts[0])
+        month = int(parts[1]) if len(parts) > 1 else 1
+        day = int(parts[2]) if len(parts) > 2 else 1
+    except ValueError:
+        return None
+    return year + ((month - 1) * 30.44 + day - 1) / 365.25
+
+
+def recency_weights(records: Sequence[Record], half_life_years: float) -> np.ndarray:
+    """Per-record loss weights halving every ``half_life_years`` before the most recent record, mean 1 over the
+    dated records; undated records weigh as the most recent ones. All ones when ``half_life_years`` is 0 or
+    nothing is dated."""
+    years = [decimal_year(getattr(r, "date", None)) for r in records]
+    known = [y for y in years if y is not None]
+    if half_life_years <= 0 or not known:
+        return np.ones(len(records), dtype=np.float32)
+    latest = max(known)
+    weights = np.array([0.5 ** ((latest - y) / half_life_years) if y is not None else 1.0 for y in years])
+    return (weights / weights[[y is not None for y in years]].mean()).astype(np.float32)
