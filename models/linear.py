@@ -10,9 +10,8 @@ The vocabulary is ``vocabulary.json`` (terms, in row order) beside the weights; 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.bag import words
 from models.base import ClassifierOutput
+from models.sparse_features import fit_vocabulary, ngrams
 
 VOCABULARY_FILE = "vocabulary.json"
 DEFAULT_MAX_TERMS = 300_000
 DEFAULT_MIN_DF = 2
-
-
-def ngrams(text: str, max_words: int | None = None) -> list[str]:
-    """Lower-cased word unigrams and bigrams of ``text``."""
-    tokens = words(text)[:max_words]
-    return tokens + [a + " " + b for a, b in zip(tokens, tokens[1:], strict=False)]
-
-
-def build_vocabulary(texts: Iterable[str], max_terms: int = DEFAULT_MAX_TERMS, min_df: int = DEFAULT_MIN_DF,
-                     max_words: int | None = None) -> tuple[list[str], list[float]]:
-    """The ``max_terms`` terms in most documents (at least ``min_df``; ties by term) and their smoothed IDFs
-    (``log((1 + n) / (1 + df)) + 1``, as scikit-learn's ``TfidfVectorizer``)."""
-    df: Counter[str] = Counter()
-    n = 0
-    for text in texts:
-        df.update(set(ngrams(text, max_words)))
-        n += 1
-    kept = sorted((term for term, count in df.items() if count >= min_df), key=lambda t: (-df[t], t))[:max_terms]
-    return kept, [math.log((1 + n) / (1 + df[term])) + 1 for term in kept]
 
 
 class HeadBias(nn.Module):
@@ -81,10 +61,10 @@ class LinearClassifier(nn.Module):
     def from_texts(cls, texts: Sequence[str], num_categories: int, max_terms: int = DEFAULT_MAX_TERMS,
                    min_df: int = DEFAULT_MIN_DF, **params: Any) -> LinearClassifier:
         """A fresh model whose vocabulary is learned from the training ``texts``."""
-        terms, idf = build_vocabulary(texts, max_terms, min_df, params.get("max_seq_length"))
+        terms, idf = fit_vocabulary(texts, max_terms, min_df, params.get("max_seq_length"))
         if not terms:  # tiny data: every term once
-            terms, idf = build_vocabulary(texts, max_terms, 1, params.get("max_seq_length"))
-        return cls(num_categories, terms, idf, **params)
+            terms, idf = fit_vocabulary(texts, max_terms, 1, params.get("max_seq_length"))
+        return cls(num_categories, terms, idf.tolist(), **params)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], checkpoint_dir: Path | None = None) -> LinearClassifier:

@@ -27,12 +27,13 @@ def ngrams(text: str, max_words: int | None = None) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
 
 
-def fit_vocabulary(texts: Iterable[str], max_features: int, min_df: int = 2) -> tuple[list[str], np.ndarray]:
+def fit_vocabulary(texts: Iterable[str], max_features: int, min_df: int = 2,
+                   max_words: int | None = None) -> tuple[list[str], np.ndarray]:
     """The ``max_features`` n-grams in most documents (at least ``min_df``; ties by name) and their idf."""
     df: Counter[str] = Counter()
     n_docs = 0
     for text in texts:
-        df.update(set(ngrams(text)))
+        df.update(set(ngrams(text, max_words)))
         n_docs += 1
     kept = sorted((gram for gram, count in df.items() if count >= min_df), key=lambda g: (-df[g], g))[:max_features]
     idf = np.array([math.log((1 + n_docs) / (1 + df[gram])) + 1 for gram in kept], dtype=np.float32)
