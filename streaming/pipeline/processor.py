@@ -62,6 +62,7 @@ class ProcessorStats:
     dead_lettered: int = 0
     batches: int = 0
     commits: int = 0
+    failed_commits: int = 0
     abandoned_batches: int = 0
 
 
@@ -108,7 +109,8 @@ class StreamProcessor:
         stop = stop or threading.Event()
         self.model_source.current()  # load the model before joining the group
         self._start_stages()
-        self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True})
+        self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True,
+                                                         "on_commit": self.committer.on_commit})
         self._consumer.subscribe(list(self.settings.kafka.input_topics), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("processor started", extra={"topics": self.settings.kafka.input_topics,
@@ -247,10 +249,17 @@ class StreamProcessor:
         self.backpressure.apply(self._consumer, self.ownership.partitions(), waiting=len(self._ready),
                                 stopping=self._stopping)
 
-    def _commit_completed(self) -> None:
+    def _commit_completed(self, final: bool = False) -> None:
+        """Collect the done batches and commit their positions: asynchronously while running, synchronously
+        (``final``) on shutdown and revocation."""
         self._in_flight -= self.committer.collect()
-        self.committer.commit(self._consumer)
-        self.stats.commits, self.stats.abandoned_batches = self.committer.commits, self.committer.abandoned_batches
+        if final:
+            self.committer.commit_now(self._consumer)
+        else:
+            self.committer.commit(self._consumer)
+        committer = self.committer
+        self.stats.commits, self.stats.failed_commits = committer.commits, committer.failed_commits
+        self.stats.abandoned_batches = committer.abandoned_batches
 
     def _track_waiting(self) -> None:
         """``corestream_stalled_since_seconds``: since when consumed work has waited with no commit."""
@@ -303,7 +312,7 @@ class StreamProcessor:
                 self._commit_completed()
                 self._dispatch_ready()
                 time.sleep(0.02)
-            self._commit_completed()
+            self._commit_completed(final=True)  # the answer is known before the partitions go
         self._release(revoked, why="revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -326,17 +335,12 @@ class StreamProcessor:
     # ------------------------------------------------------------------ start / stop
 
     def _start_stages(self) -> None:
-        batch = self.settings.batch
         common = {"abort": self._abort, "on_crash": self._on_crash, "on_progress": self._progress.set}
         self._inference = InferenceStage(self.model_source, self.ownership, inbox=self._infer_q,
                                          outbox=self._sink_q, **common)
-        self._sink_stage = SinkStage(
-            self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
-            max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self.backpressure.on_outage,
-            group_records=self.settings.sinks.batch_records, group_bytes=self.settings.sinks.batch_bytes,
-            group_wait_ms=self.settings.sinks.batch_wait_ms, max_in_flight=self.settings.sinks.max_in_flight,
-            inbox=self._sink_q, outbox=self._done_q, **common)
+        self._sink_stage = SinkStage.from_settings(self.settings, self.sinks, self.dead_letters, self.ownership,
+                                                   on_outage=self.backpressure.on_outage, inbox=self._sink_q,
+                                                   outbox=self._done_q, **common)
         self._inference.start()
         self._sink_stage.start()
 
@@ -362,7 +366,7 @@ class StreamProcessor:
             # Keeps the membership; paused. A message still returned is not processed and, as every batch
             # in flight precedes it, no commit covers it: it is read again after the restart.
             self._consumer.consume(1, 0.05)
-        self._commit_completed()
+        self._commit_completed(final=True)
 
     def _close(self) -> None:
         self._closing = True
