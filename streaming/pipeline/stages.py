@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
+from config.settings import Settings
 from models.records import ClassificationResult, RecordError
 from streaming.observability.metrics import (
     END_TO_END_SECONDS,
@@ -178,6 +179,19 @@ class SinkStage(Stage):
         self.dead_lettered = 0
         self._dlq_lock = threading.Lock()  # one group's dead letters are sent and confirmed at a time
         self._store_pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sinks: Sequence[Sink], dead_letters: DeadLetterWriter,
+                      ownership: Ownership, *, on_outage: Callable[[bool], None], **kw) -> SinkStage:
+        """The stage as ``settings`` configure it (retry backoff, dead-letter limits, sink batching); ``kw`` are
+        the :class:`Stage` arguments (queues and callbacks). The processor and the Faust worker both build it
+        here."""
+        batch, sink = settings.batch, settings.sinks
+        return cls(sinks, dead_letters, ownership, backoff_s=batch.retry_backoff_s,
+                   max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=sink.delivery_timeout_s,
+                   max_dead_letter_bytes=settings.records.max_message_bytes, on_outage=on_outage,
+                   group_records=sink.batch_records, group_bytes=sink.batch_bytes, group_wait_ms=sink.batch_wait_ms,
+                   max_in_flight=sink.max_in_flight, **kw)
 
     # ------------------------------------------------------------------ grouping (sink batching)
 
