@@ -85,7 +85,8 @@ def test_es_client_serialises_with_orjson_and_documents_round_trip(es_url: str, 
     assert isinstance(client.transport.serializers.get_serializer("application/json"), OrjsonSerializer)
     plain = Elasticsearch(es_url)  # the standard library's json
     doc = {"title": "Résumé of ∂μφ — naïve “quotes” 🚀", "abstract": 'line\nbreak "quoted" \\ tab\t',
-           "n": 2**53 - 1, "x": 0.1 + 0.2, "tiny": 1e-300, "nested": {"list": [1, None, True, "ü"]}}
+           "n": 2**53 - 1, "x": 0.1 + 0.2, "tiny": 1e-300,
+           "nested": {"list": ["ü", "a\"b", ""], "flag": True, "none": None}}
     client.index(index=index, id="doc-ü", document=doc, refresh=True)
     assert client.get(index=index, id="doc-ü")["_source"] == doc
     assert plain.get(index=index, id="doc-ü")["_source"] == doc
