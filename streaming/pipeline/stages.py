@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
@@ -115,14 +115,19 @@ class InferenceStage(Stage):
         started = time.perf_counter()
         results = self._predict(predictor, todo)
         INFERENCE_SECONDS.observe(time.perf_counter() - started)
+        coreness: Counter[str] = Counter()
+        categories: Counter[str] = Counter()
         for env, result in zip(todo, results, strict=True):
             if isinstance(result, ClassificationResult):
                 env.result = result
-                PREDICTIONS_CORENESS.labels(label=result.coreness.label).inc()
-                for category in result.categories:
-                    PREDICTIONS_CATEGORY.labels(category=category.label).inc()
+                coreness[result.coreness.label] += 1
+                categories.update(category.label for category in result.categories)
             else:
                 env.rejection = result
+        for label, count in coreness.items():  # one metric update per label and batch, not per record
+            PREDICTIONS_CORENESS.labels(label=label).inc(count)
+        for label, count in categories.items():
+            PREDICTIONS_CATEGORY.labels(category=label).inc(count)
 
     @staticmethod
     def _predict(predictor, todo: Sequence[Envelope]) -> list[ClassificationResult | RecordError]:
