@@ -79,6 +79,8 @@ def ensure_index(client: Elasticsearch, index: str) -> bool:
     return True
 
 
+# Of each bulk item only what the sink reads (~25 bytes instead of ~170 to send and parse); items stay in order.
+BULK_RESPONSE_FIELDS = "items.*.status,items.*.error"
 UpdateAction = tuple[dict[str, Any], bytes]  # (bulk header, body): already expanded and serialised
 
 
@@ -187,7 +189,7 @@ class ElasticsearchSink:
         last_error = ""
         with ES_BULK_SECONDS.time():
             outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True,
-                                              expand_action_callback=_expanded,
+                                              expand_action_callback=_expanded, filter_path=BULK_RESPONSE_FIELDS,
                                               chunk_size=max(500, len(actions)))  # one request per write
             for action, (ok, item) in zip(actions, outcomes, strict=False):
                 if ok:
