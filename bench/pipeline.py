@@ -181,13 +181,17 @@ class CpuMeter:
     def __init__(self, servers: dict[str, int]) -> None:
         self.servers = servers
         self._start = self._read()
+        self._end = self._start
 
     def _read(self) -> dict[str, float]:
         return {"processor": time.process_time(), **{name: group_cpu_s(pgid) for name, pgid in self.servers.items()}}
 
+    def stop(self) -> None:
+        self._end = self._read()
+
     def ms_per_1k(self, records: int) -> dict[str, float]:
-        """Since this meter was made, per 1,000 of ``records``."""
-        end = self._read()
+        """From this meter's making to its stop, per 1,000 of ``records``."""
+        end = self._end
         return {name: round(1e6 * (end[name] - self._start[name]) / records, 1) for name in end}
 
 
@@ -213,6 +217,8 @@ def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s
     thread, stop, _ = start_processor(settings, probe)
     finished = probe.done.wait(timeout_s)
     cpu = probe.first
+    if isinstance(cpu, CpuMeter):
+        cpu.stop()
     stop.set()
     thread.join(60)
     if not finished or not isinstance(cpu, CpuMeter):
