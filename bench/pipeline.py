@@ -8,7 +8,9 @@ One run, one model, one batch size:
 then the end-to-end latency (produce -> every sink acknowledged) at half load: a produce rate of half the
 throughput of (b) (or ``--rate``). With ``--json`` the figures come last as one JSON object: ``model_rps`` (a),
 ``pipeline_rps`` (b), ``efficiency`` (b/a), ``per_record_rps`` (c), ``batching_gain`` (b/c),
-``latency_p50_ms``/``latency_p99_ms`` and the rate they were taken at.
+``latency_p50_ms``/``latency_p99_ms`` and the rate they were taken at, and the CPU cost: ``model_cpu_ms_per_1k``
+(a) and ``pipeline_cpu_ms_per_1k`` (b: the processor, the broker and Elasticsearch, CPU milliseconds per 1,000
+records; on a host where they share the cores this, not the wall clock, says what the pipeline costs).
 
 Kafka is an embedded Tansu broker (streaming/apps/embedded.py), Elasticsearch is noida-db (tests/servers.py).
 Throughput of (b) and (c) is measured between the first and the last sink acknowledgement, so the
@@ -29,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +57,16 @@ class AckProbe:
 
     name = "ack_probe"
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[], object] | None = None) -> None:
         self.acked: dict[str, float] = {}
         self.done = threading.Event()
         self.expected = 0
+        self.on_first = on_first  # called at the first acknowledgement; its answer is kept in ``first``
+        self.first: object = None
 
     def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
+        if self.on_first is not None and self.first is None:
+            self.first = self.on_first()
         now = time.time()
         for result in results:
             self.acked.setdefault(result.id, now)
@@ -132,17 +138,18 @@ def start_processor(settings: Settings, probe: AckProbe) -> tuple[threading.Thre
     return thread, stop, stats
 
 
-def model_only(settings: Settings, records: Sequence[Record], batch: int, repeats: int = 5) -> float:
-    """Best of ``repeats`` passes (the machine may be shared)."""
+def model_only(settings: Settings, records: Sequence[Record], batch: int, repeats: int = 5) -> tuple[float, float]:
+    """Best of ``repeats`` passes (the machine may be shared), and the CPU milliseconds per 1,000 records."""
     predictor = ModelSource(settings, hooks=MODEL_METRICS).load()
     predictor.predict_batch(records[:batch])  # warm-up
     best = 0.0
+    cpu = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(records), batch):
             predictor.predict_batch(records[i:i + batch])
         best = max(best, len(records) / (time.perf_counter() - start))
-    return best
+    return best, 1e6 * (time.process_time() - cpu) / (repeats * len(records))
 
 
 def histogram_means(names: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -152,6 +159,40 @@ def histogram_means(names: Sequence[str]) -> dict[str, tuple[float, float]]:
 
 
 STAGES = {"corestream_inference_seconds": "inference", "corestream_es_bulk_seconds": "ES bulk"}
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of group ``pgid`` (a server and its children;
+    Linux /proc; 0 elsewhere)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of this process (the processor's threads) and of each server group between start and stop."""
+
+    def __init__(self, servers: dict[str, int]) -> None:
+        self.servers = servers
+        self._start = self._read()
+        self._end = self._start
+
+    def _read(self) -> dict[str, float]:
+        return {"processor": time.process_time(), **{name: group_cpu_s(pgid) for name, pgid in self.servers.items()}}
+
+    def stop(self) -> None:
+        self._end = self._read()
+
+    def ms_per_1k(self, records: int) -> dict[str, float]:
+        """From this meter's making to its stop, per 1,000 of ``records``."""
+        end = self._end
+        return {name: round(1e6 * (end[name] - self._start[name]) / records, 1) for name in end}
 
 
 def stage_report(before: dict[str, tuple[float, float]]) -> str:
@@ -164,22 +205,28 @@ def stage_report(before: dict[str, tuple[float, float]]) -> str:
     return "mean per batch: " + ", ".join(parts)
 
 
-def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s: float) -> tuple[float, str]:
-    """Records/s between the first and the last acknowledgement, and the mean stage times per batch."""
+def pipeline_throughput(settings: Settings, records: Sequence[Record], timeout_s: float,
+                        servers: dict[str, int]) -> tuple[float, str, dict[str, float]]:
+    """Records/s between the first and the last acknowledgement, the mean stage times per batch, and the CPU
+    milliseconds per 1,000 records of the processor and of each server (from the processor's start to its stop)."""
     before = histogram_means(list(STAGES))
     create_topics(settings)
     produce(settings, records)
-    probe = AckProbe()
+    probe = AckProbe(on_first=lambda: CpuMeter(servers))  # the same window as the throughput
     probe.expected = len(records)
     thread, stop, _ = start_processor(settings, probe)
     finished = probe.done.wait(timeout_s)
+    cpu = probe.first
+    if isinstance(cpu, CpuMeter):
+        cpu.stop()
     stop.set()
     thread.join(60)
-    if not finished:
+    if not finished or not isinstance(cpu, CpuMeter):
         raise RuntimeError(f"only {len(probe.acked)}/{len(records)} records acknowledged within {timeout_s}s")
     times = sorted(probe.acked.values())
     first_batch = sum(1 for t in times if t == times[0])
-    return (len(times) - first_batch) / (times[-1] - times[0]), stage_report(before)
+    return ((len(times) - first_batch) / (times[-1] - times[0]), stage_report(before),
+            cpu.ms_per_1k(len(times) - first_batch))
 
 
 def latency(settings: Settings, records: Sequence[Record], rate: float, timeout_s: float) -> np.ndarray:
@@ -239,12 +286,14 @@ def main() -> None:
         def settings_for(batch: int) -> Settings:
             return bench_settings(base, broker.bootstrap, noida.es_url, args.model, batch)
 
-        a = model_only(settings_for(args.batch), records, args.batch)
-        print(f"(a) model only:          {a:8.0f} records/s  (best of 5 passes)")
-        b, b_stages = pipeline_throughput(settings_for(args.batch), records, args.timeout)
+        servers = {"broker": broker.proc.pid, "elasticsearch": noida.proc.pid}  # each leads its process group
+        a, a_cpu = model_only(settings_for(args.batch), records, args.batch)
+        print(f"(a) model only:          {a:8.0f} records/s  (best of 5 passes; CPU {a_cpu:.0f} ms per 1k records)")
+        b, b_stages, b_cpu = pipeline_throughput(settings_for(args.batch), records, args.timeout, servers)
         print(f"(b) pipeline, batch {args.batch:<4} {b:8.0f} records/s  (Kafka -> model -> ES + topic -> commit; "
               f"{b_stages})")
-        c, c_stages = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout)
+        print(f"    CPU ms per 1k records: {', '.join(f'{name} {ms:.0f}' for name, ms in b_cpu.items())}")
+        c, c_stages, _ = pipeline_throughput(settings_for(1), records[:args.per_record], args.timeout, servers)
         print(f"(c) pipeline, batch 1:    {c:8.0f} records/s  (one record per request; {c_stages})")
         print(f"b/a pipeline efficiency:  {b / a:8.2f}")
         print(f"b/c micro-batching gain:  {b / c:8.2f}")
@@ -263,6 +312,7 @@ def main() -> None:
             "model": args.model, "data": args.data or "generated sample", "records": len(records),
             "batch": args.batch, "model_rps": round(a, 1), "pipeline_rps": round(b, 1),
             "efficiency": round(b / a, 3), "per_record_rps": round(c, 1), "batching_gain": round(b / c, 2),
+            "model_cpu_ms_per_1k": round(a_cpu, 1), "pipeline_cpu_ms_per_1k": b_cpu,
             "latency_rate_rps": round(rate, 1), "latency_p50_ms": round(float(p50), 1),
             "latency_p99_ms": round(float(p99), 1), "latency_max_ms": round(float(lat.max()) * 1000, 1),
             "load_average_1m": round(load[0], 2), "cpus": os.cpu_count(),

@@ -82,8 +82,12 @@ def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
 
 
 def es_client(settings: Settings | ElasticsearchSettings) -> Elasticsearch:
-    """A client from settings (URL, basic auth or API key, TLS); retries are the caller's job, not the client's."""
+    """A client from settings (URL, basic auth or API key, TLS); retries are the caller's job, not the client's.
+
+    Request and response bodies go through orjson (the client's ``OrjsonSerializer``): the bulk helper serialises
+    every action line with it, about 7x faster than the standard library (docs/processor.md)."""
     from elasticsearch import Elasticsearch
+    from elasticsearch.serializer import OrjsonSerializer
 
     es = settings.elasticsearch if isinstance(settings, Settings) else settings
     if not es.url:
@@ -96,4 +100,5 @@ def es_client(settings: Settings | ElasticsearchSettings) -> Elasticsearch:
     tls: dict[str, Any] = {}
     if es.url.startswith("https"):
         tls = {"verify_certs": es.verify_certs, "ca_certs": es.ca_certs}
-    return Elasticsearch(es.url, request_timeout=es.request_timeout_s, max_retries=0, **auth, **tls)
+    return Elasticsearch(es.url, request_timeout=es.request_timeout_s, max_retries=0, serializer=OrjsonSerializer(),
+                         **auth, **tls)

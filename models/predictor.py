@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,7 @@ from torch import nn
 
 from models.checkpoint import load_checkpoint
 from models.device import autocast, autocast_dtype, resolve_device
-from models.records import (
-    CORENESS_LABELS,
-    CategoryScore,
-    ClassificationResult,
-    CorenessResult,
-    CorenessScores,
-    ModelInfo,
-    Record,
-)
+from models.records import CORENESS_LABELS, ClassificationResult, ModelInfo, Record
 from models.runtime import apply_runtime
 
 
@@ -89,25 +82,38 @@ class Predictor:
         if not records:
             return []
         coreness, categories = self.predict_proba(records)
-        return [self.result(record.id, core, cats) for record, core, cats in zip(records, coreness, categories,
-                                                                                 strict=True)]
+        return self.results([record.id for record in records], coreness, categories)
 
     def count_tokens(self, record: Record) -> int:
         return min(self.model.count_tokens(record.text), self.max_seq_length)
 
     def result(self, record_id: str, coreness: np.ndarray, categories: np.ndarray) -> ClassificationResult:
         """The result for one record from its probabilities (a row of each :meth:`predict_proba` output)."""
-        above = np.flatnonzero(categories >= self.thresholds)
-        if not len(above) and self.at_least_one_category and len(categories):
-            above = np.array([int(categories.argmax())])
-        above = above[np.argsort(-categories[above], kind="stable")]
-        return ClassificationResult(
-            id=record_id,
-            coreness=CorenessResult(
-                label=CORENESS_LABELS[int(coreness.argmax())],
-                scores=CorenessScores(**{label: float(p) for label, p in zip(CORENESS_LABELS, coreness, strict=True)}),
-            ),
-            categories=[CategoryScore(label=self.category_labels[i], score=float(categories[i])) for i in above],
-            model=self.info,
-        )
+        return self.results([record_id], coreness[None, :], categories[None, :])[0]
 
+    def results(self, ids: Sequence[str], coreness: np.ndarray, categories: np.ndarray) -> list[ClassificationResult]:
+        """The results for rows of :meth:`predict_proba` output: the categories above their thresholds (else the
+        best one, if ``at_least_one_category``), highest first, ties in label order. numpy works on the whole
+        batch, plain Python on each row (numpy calls on one short row cost more than the work), and each result is
+        validated in one call from plain values; one ``classified_at`` per batch (~8 us per result, was ~18)."""
+        classified_at = datetime.now(UTC)
+        labels, info, fallback = self.category_labels, self.info, self.at_least_one_category
+        best = categories.argmax(1).tolist() if categories.shape[1] else [None] * len(ids)
+        validate = ClassificationResult.model_validate
+        out = []
+        for record_id, core, core_best, scores, passed, top in zip(
+                ids, coreness.tolist(), coreness.argmax(1).tolist(), categories.tolist(),
+                (categories >= self.thresholds).tolist(), best, strict=True):
+            above = [i for i, ok in enumerate(passed) if ok]
+            if not above and fallback and top is not None:
+                above = [top]
+            above.sort(key=lambda i: -scores[i])  # stable
+            out.append(validate({
+                "id": record_id,
+                "coreness": {"label": CORENESS_LABELS[core_best],
+                             "scores": dict(zip(CORENESS_LABELS, core, strict=True))},
+                "categories": [{"label": labels[i], "score": scores[i]} for i in above],
+                "model": info,
+                "classified_at": classified_at,
+            }))
+        return out

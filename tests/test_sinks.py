@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
-from config.clients import make_producer
+from config.clients import es_client, make_producer
 from config.settings import Settings, load_settings
 from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
 from streaming.kafka import create_topics
@@ -76,6 +77,31 @@ def test_es_sink_creates_index_and_upserts_classification(es_url: str, index: st
     assert es.count(index=index)["count"] == 2
     assert ensure_index(es, index) is False  # idempotent
     sink.close()
+
+
+def test_es_client_serialises_with_orjson_and_documents_round_trip(es_url: str, index: str) -> None:
+    settings = es_settings(es_url, index)
+    client = es_client(settings)
+    assert isinstance(client.transport.serializers.get_serializer("application/json"), OrjsonSerializer)
+    plain = Elasticsearch(es_url)  # the standard library's json
+    doc = {"title": "Résumé of ∂μφ — naïve “quotes” 🚀", "abstract": 'line\nbreak "quoted" \\ tab\t',
+           "n": 2**53 - 1, "x": 0.1 + 0.2, "tiny": 1e-300,
+           "nested": {"list": ["ü", "a\"b", ""], "flag": True, "none": None}}
+    client.index(index=index, id="doc-ü", document=doc, refresh=True)
+    assert client.get(index=index, id="doc-ü")["_source"] == doc
+    assert plain.get(index=index, id="doc-ü")["_source"] == doc
+
+    sink = ElasticsearchSink(settings)  # its client comes from es_client
+    results = [make_result("r-ü-1"), make_result("r-2", "rejected")]
+    assert sink.write(results) == []
+    plain.indices.refresh(index=index)
+    for result in results:
+        stored = plain.get(index=index, id=result.id)["_source"]["classification"]
+        assert stored == result.model_dump(mode="json") | {"classified_at": stored["classified_at"]}
+        assert client.get(index=index, id=result.id)["_source"]["classification"] == stored
+    sink.close()
+    client.close()
+    plain.close()
 
 
 def _metric(name: str, **labels: str) -> float:

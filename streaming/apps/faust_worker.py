@@ -71,11 +71,8 @@ class BatchHandler:
         common: dict[str, Any] = {"inbox": None, "outbox": None, "abort": self.abort, "on_crash": self._on_crash,
                                   "on_progress": lambda: None}
         self._inference = InferenceStage(model_source, self.ownership, **common)
-        batch = settings.batch
-        self._sinks = SinkStage(
-            self.sinks, dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
-            max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=settings.records.max_message_bytes, on_outage=self._on_outage, **common)
+        self._sinks = SinkStage.from_settings(settings, self.sinks, dead_letters, self.ownership,
+                                              on_outage=self._on_outage, **common)
 
     @property
     def classified(self) -> int:

@@ -65,6 +65,8 @@ IN_FLIGHT_BATCHES = Gauge(
 PAUSED = Gauge("corestream_paused", "1 while consumption is paused for backpressure or a sink outage",
                registry=REGISTRY)
 COMMITS = Counter("corestream_commits_total", "Offset commits", registry=REGISTRY)
+COMMIT_FAILURES = Counter("corestream_commit_failures_total", "Offset commits that failed (retried)",
+                          registry=REGISTRY)
 STALLED_SINCE = Gauge(
     "corestream_stalled_since_seconds",
     "Unix time since which consumed work has waited with no offset commit (0: nothing waits)",

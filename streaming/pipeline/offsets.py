@@ -75,6 +75,8 @@ class CommitPositions:
 
     def mark_committed(self, positions: Mapping[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
+            if offset < self.committed.get(tp, -1):
+                continue  # a late answer to an older commit
             self.committed[tp] = offset
             if self.pending.get(tp) == offset:
                 self.pending.pop(tp)

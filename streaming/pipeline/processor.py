@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +62,7 @@ class ProcessorStats:
     dead_lettered: int = 0
     batches: int = 0
     commits: int = 0
+    failed_commits: int = 0
     abandoned_batches: int = 0
 
 
@@ -108,7 +109,8 @@ class StreamProcessor:
         stop = stop or threading.Event()
         self.model_source.current()  # load the model before joining the group
         self._start_stages()
-        self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True})
+        self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True,
+                                                         "on_commit": self.committer.on_commit})
         self._consumer.subscribe(list(self.settings.kafka.input_topics), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("processor started", extra={"topics": self.settings.kafka.input_topics,
@@ -179,8 +181,12 @@ class StreamProcessor:
     def _poll(self, timeout: float) -> None:
         """Consume and accept messages: every message returned is processed, never skipped (even one fetched
         just before a pause took effect), or a later commit would cover it."""
+        consumed: Counter[str] = Counter()
         for message in self._consumer.consume(self.settings.batch.max_batch_records, timeout):
-            self._accept(message)
+            if self._accept(message):
+                consumed[message.topic()] += 1
+        for topic, count in consumed.items():  # one metric update per topic and poll (labels() costs ~4 us)
+            RECORDS_CONSUMED.labels(topic=topic).inc(count)
 
     def _poll_timeout(self) -> float:
         """Short while batches wait for the inference queue or a batch is filling, so the loop stays responsive."""
@@ -190,7 +196,8 @@ class StreamProcessor:
             return max(0.005, min(0.05, self.batcher.max_wait_s))
         return 0.05 if self._in_flight else 0.1
 
-    def _accept(self, message: Message) -> None:
+    def _accept(self, message: Message) -> bool:
+        """Process one consumed message; True if it was taken (a record of an owned partition)."""
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
@@ -199,13 +206,12 @@ class StreamProcessor:
                 raise KafkaException(error)
             else:
                 log.warning("consumer error", extra={"error": error.str()})
-            return
+            return False
         tp = (message.topic(), message.partition())
         epoch = self.ownership.epoch(tp)
         if epoch is None or self._stopping:  # not ours (any more), or shutting down: not processed, not committed
-            return
+            return False
         self._at_eof.discard(tp)
-        RECORDS_CONSUMED.labels(topic=tp[0]).inc()
         self.stats.consumed += 1
         ts_type, ts_ms = message.timestamp()
         env = Envelope(topic=tp[0], partition=tp[1], offset=message.offset(), epoch=epoch, key=message.key(),
@@ -214,6 +220,7 @@ class StreamProcessor:
         closed = self.batcher.add(env, env.tokens)
         if closed:
             self._ready.append(self._new_batch(closed))
+        return True
 
     def _decode(self, env: Envelope) -> None:
         """Validate the message; mark it rejected (dead letter) or skipped, or estimate its tokens."""
@@ -247,10 +254,17 @@ class StreamProcessor:
         self.backpressure.apply(self._consumer, self.ownership.partitions(), waiting=len(self._ready),
                                 stopping=self._stopping)
 
-    def _commit_completed(self) -> None:
+    def _commit_completed(self, final: bool = False) -> None:
+        """Collect the done batches and commit their positions: asynchronously while running, synchronously
+        (``final``) on shutdown and revocation."""
         self._in_flight -= self.committer.collect()
-        self.committer.commit(self._consumer)
-        self.stats.commits, self.stats.abandoned_batches = self.committer.commits, self.committer.abandoned_batches
+        if final:
+            self.committer.commit_now(self._consumer)
+        else:
+            self.committer.commit(self._consumer)
+        committer = self.committer
+        self.stats.commits, self.stats.failed_commits = committer.commits, committer.failed_commits
+        self.stats.abandoned_batches = committer.abandoned_batches
 
     def _track_waiting(self) -> None:
         """``corestream_stalled_since_seconds``: since when consumed work has waited with no commit."""
@@ -303,7 +317,7 @@ class StreamProcessor:
                 self._commit_completed()
                 self._dispatch_ready()
                 time.sleep(0.02)
-            self._commit_completed()
+            self._commit_completed(final=True)  # the answer is known before the partitions go
         self._release(revoked, why="revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -326,17 +340,12 @@ class StreamProcessor:
     # ------------------------------------------------------------------ start / stop
 
     def _start_stages(self) -> None:
-        batch = self.settings.batch
         common = {"abort": self._abort, "on_crash": self._on_crash, "on_progress": self._progress.set}
         self._inference = InferenceStage(self.model_source, self.ownership, inbox=self._infer_q,
                                          outbox=self._sink_q, **common)
-        self._sink_stage = SinkStage(
-            self.sinks, self.dead_letters, self.ownership, backoff_s=batch.retry_backoff_s,
-            max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=self.settings.sinks.delivery_timeout_s,
-            max_dead_letter_bytes=self.settings.records.max_message_bytes, on_outage=self.backpressure.on_outage,
-            group_records=self.settings.sinks.batch_records, group_bytes=self.settings.sinks.batch_bytes,
-            group_wait_ms=self.settings.sinks.batch_wait_ms, max_in_flight=self.settings.sinks.max_in_flight,
-            inbox=self._sink_q, outbox=self._done_q, **common)
+        self._sink_stage = SinkStage.from_settings(self.settings, self.sinks, self.dead_letters, self.ownership,
+                                                   on_outage=self.backpressure.on_outage, inbox=self._sink_q,
+                                                   outbox=self._done_q, **common)
         self._inference.start()
         self._sink_stage.start()
 
@@ -362,7 +371,7 @@ class StreamProcessor:
             # Keeps the membership; paused. A message still returned is not processed and, as every batch
             # in flight precedes it, no commit covers it: it is read again after the restart.
             self._consumer.consume(1, 0.05)
-        self._commit_completed()
+        self._commit_completed(final=True)
 
     def _close(self) -> None:
         self._closing = True

@@ -12,11 +12,12 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
+from config.settings import Settings
 from models.records import ClassificationResult, RecordError
 from streaming.observability.metrics import (
     END_TO_END_SECONDS,
@@ -114,14 +115,19 @@ class InferenceStage(Stage):
         started = time.perf_counter()
         results = self._predict(predictor, todo)
         INFERENCE_SECONDS.observe(time.perf_counter() - started)
+        coreness: Counter[str] = Counter()
+        categories: Counter[str] = Counter()
         for env, result in zip(todo, results, strict=True):
             if isinstance(result, ClassificationResult):
                 env.result = result
-                PREDICTIONS_CORENESS.labels(label=result.coreness.label).inc()
-                for category in result.categories:
-                    PREDICTIONS_CATEGORY.labels(category=category.label).inc()
+                coreness[result.coreness.label] += 1
+                categories.update(category.label for category in result.categories)
             else:
                 env.rejection = result
+        for label, count in coreness.items():  # one metric update per label and batch, not per record
+            PREDICTIONS_CORENESS.labels(label=label).inc(count)
+        for label, count in categories.items():
+            PREDICTIONS_CATEGORY.labels(category=label).inc(count)
 
     @staticmethod
     def _predict(predictor, todo: Sequence[Envelope]) -> list[ClassificationResult | RecordError]:
@@ -178,6 +184,19 @@ class SinkStage(Stage):
         self.dead_lettered = 0
         self._dlq_lock = threading.Lock()  # one group's dead letters are sent and confirmed at a time
         self._store_pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sinks: Sequence[Sink], dead_letters: DeadLetterWriter,
+                      ownership: Ownership, *, on_outage: Callable[[bool], None], **kw) -> SinkStage:
+        """The stage as ``settings`` configure it (retry backoff, dead-letter limits, sink batching); ``kw`` are
+        the :class:`Stage` arguments (queues and callbacks). The processor and the Faust worker both build it
+        here."""
+        batch, sink = settings.batch, settings.sinks
+        return cls(sinks, dead_letters, ownership, backoff_s=batch.retry_backoff_s,
+                   max_backoff_s=batch.max_retry_backoff_s, dlq_timeout_s=sink.delivery_timeout_s,
+                   max_dead_letter_bytes=settings.records.max_message_bytes, on_outage=on_outage,
+                   group_records=sink.batch_records, group_bytes=sink.batch_bytes, group_wait_ms=sink.batch_wait_ms,
+                   max_in_flight=sink.max_in_flight, **kw)
 
     # ------------------------------------------------------------------ grouping (sink batching)
 

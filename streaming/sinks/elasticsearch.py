@@ -79,16 +79,27 @@ def ensure_index(client: Elasticsearch, index: str) -> bool:
     return True
 
 
-def update_action(index: str, result: ClassificationResult) -> dict[str, Any]:
-    """Bulk action: set ``classification`` on the record's document, creating it if needed."""
-    return {
-        "_op_type": "update",
-        "_index": index,
-        "_id": result.id,
-        "doc": {"classification": result.model_dump(mode="json")},
-        "doc_as_upsert": True,
-        "retry_on_conflict": 3,  # another writer updated the document meanwhile: Elasticsearch re-applies ours
-    }
+# Of each bulk item only what the sink reads (~25 bytes instead of ~170 to send and parse); items stay in order.
+BULK_RESPONSE_FIELDS = "items.*.status,items.*.error"
+UpdateAction = tuple[dict[str, Any], bytes]  # (bulk header, body): already expanded and serialised
+
+
+def update_action(index: str, result: ClassificationResult) -> UpdateAction:
+    """Bulk action: set ``classification`` on the record's document, creating it if needed. The body is written
+    with pydantic's own JSON serialiser, once (``model_dump(mode="json")`` then a JSON library costs ~8x more)."""
+    header = {"update": {"_index": index, "_id": result.id,
+                         # another writer updated the document meanwhile: Elasticsearch re-applies ours
+                         "retry_on_conflict": 3}}
+    return header, b'{"doc":{"classification":%s},"doc_as_upsert":true}' % result.model_dump_json().encode()
+
+
+def _expanded(action: UpdateAction) -> UpdateAction:
+    """The bulk helper's ``expand_action_callback``: our actions come expanded."""
+    return action
+
+
+def _action_id(action: UpdateAction) -> str:
+    return action[0]["update"]["_id"]
 
 
 def _item_error(info: dict[str, Any]) -> str:
@@ -165,19 +176,20 @@ class ElasticsearchSink:
             SINK_ERRORS.labels(sink=self.name, kind="unavailable").inc()
             raise SinkUnavailable(f"Elasticsearch unavailable after {self.config.max_retries} retries: {last_error}")
         SINK_ERRORS.labels(sink=self.name, kind="failed").inc(len(pending))
-        return failures + [SinkFailure(action["_id"], f"still failing after retries: {last_error}")
+        return failures + [SinkFailure(_action_id(action), f"still failing after retries: {last_error}")
                            for action in pending]
 
-    def _bulk(self, actions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[SinkFailure], str]:
+    def _bulk(self, actions: list[UpdateAction]) -> tuple[list[UpdateAction], list[SinkFailure], str]:
         """One bulk round: (actions to retry, permanent failures, last transient error)."""
         if not self._index_ready:
             ensure_index(self.client, self.index)
             self._index_ready = True
-        retry: list[dict[str, Any]] = []
+        retry: list[UpdateAction] = []
         permanent: list[SinkFailure] = []
         last_error = ""
         with ES_BULK_SECONDS.time():
             outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True,
+                                              expand_action_callback=_expanded, filter_path=BULK_RESPONSE_FIELDS,
                                               chunk_size=max(500, len(actions)))  # one request per write
             for action, (ok, item) in zip(actions, outcomes, strict=False):
                 if ok:
@@ -189,7 +201,7 @@ class ElasticsearchSink:
                     last_error = error
                 else:
                     SINK_ERRORS.labels(sink=self.name, kind="item").inc()
-                    permanent.append(SinkFailure(action["_id"], f"Elasticsearch rejected the document: {error}"))
+                    permanent.append(SinkFailure(_action_id(action), f"Elasticsearch rejected the document: {error}"))
         return retry, permanent, last_error
 
     def check(self) -> bool:
