@@ -178,8 +178,14 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
     base_model = Path(opts.base_model) if opts.base_model else default_base_model()
     max_seq_length = opts.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
     started = time.monotonic()
-
     encoder = FrozenEncoder(*load_encoder(base_model), max_seq_length)
+    # one pass through the cache (and the encoder, for what it lacks) for every record the run needs
+    encoder.to(opts.device)
+    groups = [train_records, valid_records, extra_fit, extra_check]
+    embeddings, cache_stats = cached_embeddings(encoder, [r.text for g in groups for r in g], cache_path,
+                                                device=opts.device)
+    embed_seconds = time.monotonic() - started
+    train_emb, valid_emb, extra_emb, check_emb = np.split(embeddings, np.cumsum([len(g) for g in groups])[:-1])
 
     def fitted_model(fit_records: list[Record], fit_embeddings: np.ndarray) -> tuple[HybridClassifier, FitResult]:
         """Fresh heads and TF-IDF vocabulary on ``fit_records`` (both heads) + ``extra_fit`` (coreness only)."""
@@ -189,19 +195,12 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
         texts = [r.text for r in fit_records + extra_fit]
         mask = np.r_[np.ones(len(fit_records)), np.zeros(len(extra_fit))].astype(np.float32)
         recency = np.r_[recency_weights(fit_records, opts.recency_half_life), np.ones(len(extra_fit))]
-        embeddings = np.concatenate([fit_embeddings, extra_embeddings]) if extra_fit else fit_embeddings
-        result = fit_heads(model, embeddings, texts, coreness_targets(fit_records + extra_fit),
+        stacked = np.concatenate([fit_embeddings, extra_emb]) if extra_fit else fit_embeddings
+        result = fit_heads(model, stacked, texts, coreness_targets(fit_records + extra_fit),
                            category_targets(fit_records + extra_fit, labels), opts, category_mask=mask,
                            sample_weight=recency.astype(np.float32))
         return model, result
 
-    # one pass through the cache (and the encoder, for what it lacks) for every record the run needs
-    encoder.to(opts.device)
-    groups = [train_records, valid_records, extra_fit, extra_check]
-    embeddings, cache_stats = cached_embeddings(encoder, [r.text for g in groups for r in g], cache_path,
-                                                device=opts.device)
-    embed_seconds = time.monotonic() - started
-    train_emb, valid_emb, extra_embeddings, check_emb = np.split(embeddings, np.cumsum([len(g) for g in groups])[:-1])
     model, fitted = fitted_model(train_records, train_emb)
 
     thresholds = {label: 0.5 for label in labels}
