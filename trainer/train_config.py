@@ -54,8 +54,8 @@ class TrainConfig:
     refit: bool = option(True, "keep the model trained without the validation slice (default for linear, bag and "
                          "hybrid: after tuning thresholds on it, train again on all records; the reported metrics stay "
                          "those of the held-out slice)", flag="--no-refit")
-    base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer)",
-                                           metavar="DIR")
+    base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer; "
+                                           "hybrid: MiniLM-L6 by default)", metavar="DIR")
     output_dir: str | Path = option("artifacts/model", "checkpoint directory (default: %(default)s)", metavar="DIR")
     epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2, hybrid: 10", metavar="N")
     batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16, hybrid: 64", metavar="N")
@@ -63,7 +63,7 @@ class TrainConfig:
                                          "hybrid: 2e-2", metavar="LR")
     recency_half_life: float | None = option(None, "years: a paper's category loss weighs half as much per this "
                                              "many years before the most recent one; 0 = all equal (linear: 4, "
-                                             "bag and transformer: 0)", metavar="YEARS")
+                                             "bag, transformer and hybrid: 0)", metavar="YEARS")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")
