@@ -1,4 +1,5 @@
-"""The ``hybrid`` arch: frozen encoder + TF-IDF heads, embedding cache, checkpoint round trip, int8 runtime."""
+"""The ``hybrid`` arch: frozen encoder + TF-IDF heads, embedding cache, checkpoint round trip, int8 runtime, and
+the training options it shares with the other archs (time-later split, real coreness labels, card, refit)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ from models.checkpoint import load_checkpoint
 from models.embedding_cache import EmbeddingCache
 from models.labels import CorenessProxy
 from models.predictor import Predictor
+from models.records import CORENESS_LABELS
 from models.runtime import resolve_runtime
 from models.sparse_features import TfidfFeaturizer, fit_vocabulary
+from tests.test_accuracy import _coreness_file, _dated_sample
 from tests.test_models import _tiny_encoder
+from trainer.metrics import category_metrics
 from trainer.sample import generate_sample
-from trainer.train import to_records, train_model
+from trainer.thresholds import apply_thresholds
+from trainer.train import category_targets, to_records, train_model
+from trainer.training_data import held_out, load_records
 
 
 def _tiny_encoder_with_weights(directory: Path, texts: list[str]) -> Path:
@@ -85,8 +91,8 @@ def test_second_training_reads_embeddings_from_the_cache(tmp_path: Path, sample:
     second = train_model(sample, arch="hybrid", base_model=base, output_dir=tmp_path / "b", cache_path=cache,
                          epochs=1, max_seq_length=32, progress=False)
     stats = json.loads((second / "config.json").read_text())["training"]
-    assert stats["cache"]["misses"] == 0 and stats["cache"]["hits"] == stats["train_records"]
-    assert stats["valid_cache"]["misses"] == 0
+    assert stats["cache"]["misses"] == 0
+    assert stats["cache"]["hits"] == stats["train_records"] + stats["valid_records"]
     # another truncation length is another key: nothing is reused across encoder settings
     third = train_model(sample, arch="hybrid", base_model=base, output_dir=tmp_path / "c", cache_path=cache,
                         epochs=1, max_seq_length=16, progress=False)
@@ -142,3 +148,74 @@ def test_int8_runtime_quantises_the_encoder_on_cpu_only(tmp_path: Path, sample: 
     records = to_records(generate_sample(5, seed=13), None, 0, CorenessProxy.load())
     assert [r.id for r in int8.predict_batch(records)] == [r.id for r in records]
     np.testing.assert_allclose(int8.predict_proba(records)[0], plain.predict_proba(records)[0], atol=0.1)
+
+
+def _predicted_coreness(checkpoint: Path, records: list) -> np.ndarray:
+    return Predictor.from_checkpoint(checkpoint, device="cpu").predict_proba(records)[0].argmax(1)
+
+
+@pytest.mark.timeout(240)
+def test_hybrid_honours_split_extra_labels_card_and_refit(tmp_path: Path, base: Path) -> None:
+    data = _dated_sample(300, seed=3)
+    # real decisions that contradict the proxy of their categories (the sample is mostly proxy-core)
+    rows = [{**{k: v for k, v in r.items() if k != "coreness"}, "id": f"x{i}",
+             "label": "non_core" if i % 2 else "rejected", "year": 2015} for i, r in enumerate(generate_sample(150, 5))]
+    extra = _coreness_file(tmp_path / "labels.jsonl.gz", rows)
+    common = {"arch": "hybrid", "base_model": base, "cache_path": tmp_path / "cache.sqlite", "epochs": 6,
+              "max_seq_length": 32, "progress": False}
+    held = train_model(data, output_dir=tmp_path / "held", extra_train=[extra], refit=False, **common)
+    refit = train_model(data, output_dir=tmp_path / "refit", extra_train=[extra], **common)
+    plain = train_model(data, output_dir=tmp_path / "plain", **common)
+    config = json.loads((held / "config.json").read_text())
+    training, card, metrics = config["training"], config["card"], config["metrics"]
+
+    # the most recent 10% by date tunes the thresholds and gives the metrics, at least one category per record
+    assert training["split"] == "time" and training["valid_records"] == 30 and config["at_least_one_category"]
+    assert card["data"]["valid_split"] == "most recent slice by date"
+    assert card["data"]["train_dates"]["last"] < card["data"]["valid_dates"]["first"]
+    assert {"category_f1_micro_cross_fitted", "category_f1_macro_cross_fitted", "coreness_recall"} <= set(
+        metrics["valid"])
+    valid = to_records(data, None, 0, CorenessProxy.load())[-30:]
+    labels = config["category_labels"]
+    probs = Predictor.from_checkpoint(held, device="cpu").predict_proba(valid)[1]
+    predicted = apply_thresholds(probs, config["thresholds"], labels, at_least_one=True)
+    assert predicted.sum(1).min() >= 1
+    expected = category_metrics(category_targets(valid, labels), predicted, probs, labels)["f1_micro"]
+    assert metrics["valid"]["category_f1_micro"] == pytest.approx(expected, abs=1e-6)
+    assert card["metrics"]["time_later_valid"] == metrics["valid"] and card["limits"]
+
+    # the extra records train the coreness head (class-weighted) and their held-out part is reported
+    fit, check = held_out(load_records(extra), 0.2)
+    assert {r.coreness for r in fit} == {"non_core", "rejected"}
+    assert training["extra_train_records"] == len(fit) and training["extra_valid_records"] == len(check)
+    assert metrics["extra_valid"]["records"] == len(check)
+    assert {"non_core", "rejected"} <= set(metrics["extra_valid"]["coreness_recall"])
+    assert card["metrics"]["real_coreness_held_out"] == metrics["extra_valid"]
+    assert card["data"]["extra_train_records"] == len(fit)
+    weights = training["coreness_class_weights"]
+    assert weights[0] < weights[1] and weights[0] < weights[2]
+    core = CORENESS_LABELS.index("core")
+    assert (_predicted_coreness(held, fit) != core).mean() > (_predicted_coreness(plain, fit) != core).mean() + 0.3
+    plain_config = json.loads((plain / "config.json").read_text())
+    assert "extra_valid" not in plain_config["metrics"] and plain_config["training"]["extra_train_records"] == 0
+
+    # refit: same thresholds and held-out metrics, heads trained again on train + validation records
+    refit_config = json.loads((refit / "config.json").read_text())
+    assert not training["refit_on_all_records"] and not card["data"]["refit_on_all_records"]
+    assert refit_config["training"]["refit_on_all_records"] and refit_config["card"]["data"]["refit_on_all_records"]
+    assert refit_config["thresholds"] == config["thresholds"] and refit_config["metrics"] == metrics
+    assert refit_config["training"]["cache"]["misses"] == 0  # the embeddings of the first run were reused
+    held_model, refit_model = load_checkpoint(held)[0], load_checkpoint(refit)[0]
+    assert not torch.equal(held_model.dense_head.weight, refit_model.dense_head.weight)
+    valid_only = set(refit_model.featurizer.vocabulary) - set(held_model.featurizer.vocabulary)
+    assert valid_only  # the refit's TF-IDF vocabulary also learned from the validation texts
+
+
+@pytest.mark.timeout(120)
+def test_hybrid_random_split_is_shuffled(tmp_path: Path, base: Path) -> None:
+    checkpoint = train_model(_dated_sample(200, seed=4), arch="hybrid", base_model=base, split="random",
+                             output_dir=tmp_path / "hy", cache_path=tmp_path / "cache.sqlite", epochs=1,
+                             max_seq_length=32, progress=False, refit=False)
+    card = json.loads((checkpoint / "config.json").read_text())["card"]
+    assert card["data"]["valid_split"] == "shuffled"
+    assert card["data"]["train_dates"]["last"] > card["data"]["valid_dates"]["first"]

@@ -273,12 +273,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     if config.arch == "hybrid":
         from trainer.train_hybrid import train_model_hybrid
 
-        return train_model_hybrid(data, output_dir=config.output_dir, epochs=config.epochs,
-                                  batch_size=config.batch_size, base_model=config.base_model,
-                                  sample_count=config.sample_count, seed=config.seed,
-                                  valid_fraction=config.valid_fraction, min_category_count=config.min_category_count,
-                                  learning_rate=config.learning_rate, max_seq_length=config.max_seq_length,
-                                  device=config.device, name=config.name, version=config.version, **arch_params)
+        return train_model_hybrid(data, config, **arch_params)
     opts = config.resolved()
     torch.manual_seed(opts.seed)
 

@@ -17,6 +17,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # SGD, per record
     "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2, "recency_half_life": 0.0},
     "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5, "recency_half_life": 0.0},
+    "hybrid": {"epochs": 10, "batch_size": 64, "learning_rate": 2e-2, "recency_half_life": 0.0},  # heads only
 }
 SPLITS = ("time", "random")
 
@@ -38,7 +39,7 @@ class TrainConfig:
 
     arch: str = option(DEFAULT_ARCH, "bag (hashed embeddings, the default), linear (TF-IDF), transformer, or "
                        "hybrid (frozen sentence encoder + TF-IDF, heads only; default base: MiniLM-L6)",
-                       choices=[*DEFAULTS, "hybrid"])
+                       choices=list(DEFAULTS))
     extra_train: tuple[str | Path, ...] = option((), "records with real coreness labels (e.g. an INSPIRE coreness "
                                                  "file or a `dataset --from-es` build); train the coreness head "
                                                  "only; repeatable", metavar="FILE")
@@ -50,19 +51,19 @@ class TrainConfig:
                                           "1 = balanced (default: %(default)s)", metavar="P")
     at_least_one_category: bool = option(True, "let a record have no category when none passes its threshold "
                                          "(default: its best one)", flag="--allow-no-category")
-    refit: bool = option(True, "keep the model trained without the validation slice (default for linear and bag: "
-                         "after tuning thresholds on it, train again on all records; the reported metrics stay "
+    refit: bool = option(True, "keep the model trained without the validation slice (default for linear, bag and "
+                         "hybrid: after tuning thresholds on it, train again on all records; the reported metrics stay "
                          "those of the held-out slice)", flag="--no-refit")
-    base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer)",
-                                           metavar="DIR")
+    base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer; "
+                                           "hybrid: MiniLM-L6 by default)", metavar="DIR")
     output_dir: str | Path = option("artifacts/model", "checkpoint directory (default: %(default)s)", metavar="DIR")
-    epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2", metavar="N")
-    batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16", metavar="N")
-    learning_rate: float | None = option(None, "linear: 4 (SGD, per record), bag: 5e-2, transformer: 5e-5",
-                                         metavar="LR")
+    epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2, hybrid: 10", metavar="N")
+    batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16, hybrid: 64", metavar="N")
+    learning_rate: float | None = option(None, "linear: 4 (SGD, per record), bag: 5e-2, transformer: 5e-5, "
+                                         "hybrid: 2e-2", metavar="LR")
     recency_half_life: float | None = option(None, "years: a paper's category loss weighs half as much per this "
                                              "many years before the most recent one; 0 = all equal (linear: 4, "
-                                             "bag and transformer: 0)", metavar="YEARS")
+                                             "bag, transformer and hybrid: 0)", metavar="YEARS")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")

