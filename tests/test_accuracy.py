@@ -188,7 +188,7 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
     data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
     model = ensure_model(tmp_path / "demo", 200, retrain=False, train_data=data)
     config = json.loads((model / "config.json").read_text())
-    assert config["arch"] == "bag" and config["training"]["train_records"] + config["training"][
+    assert config["arch"] == "linear" and config["training"]["train_records"] + config["training"][
         "valid_records"] == 200
     assert config["card"]["data"]["valid_dates"]["last"] == "2010-10-27"  # the most recent of the 300 days
 
@@ -201,7 +201,7 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
            "BOOTSTRAP_DATA": str(data)}
     result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "saved bag model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
+    assert "saved linear model" in result.stdout and "\"train_records\": 270" in result.stdout  # not the sample
 
 
 def test_recency_weights_halve_per_half_life() -> None:

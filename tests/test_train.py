@@ -37,7 +37,7 @@ def test_train_cli_writes_a_checkpoint_and_prints_metrics(data_file: Path, tmp_p
     out = tmp_path / "model"
     assert main(["train", "--data", str(data_file), "--output-dir", str(out), "--version", "v1", *FAST]) == 0
     printed = capsys.readouterr().out
-    assert f"saved bag model corestream-bag@v1 to {out}" in printed  # bag: the default arch
+    assert f"saved linear model corestream-linear@v1 to {out}" in printed  # linear: the default arch
     assert '"coreness_accuracy"' in printed
     config = read_checkpoint_config(out)
     assert config["version"] == "v1"
@@ -111,4 +111,4 @@ def test_resume_refuses_another_arch(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["train", "--sample-count", "100", "--output-dir", str(out), *FAST]) == 0
     assert main(["train", "--sample-count", "100", "--output-dir", str(out), "--arch", "transformer",
                  "--base-model", str(tmp_path), *FAST]) == 2
-    assert "holds a bag checkpoint" in capsys.readouterr().err
+    assert "holds a linear checkpoint" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from typing import Any
 
 from models.device import resolve_device
 
-DEFAULT_ARCH = "bag"
+DEFAULT_ARCH = "linear"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # SGD, per record
     "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2, "recency_half_life": 0.0},
@@ -37,7 +37,7 @@ class TrainConfig:
     """Every training option, with its default. ``None`` for epochs, batch size and learning rate means the
     architecture's default (:data:`DEFAULTS`)."""
 
-    arch: str = option(DEFAULT_ARCH, "bag (hashed embeddings, the default), linear (TF-IDF), transformer, or "
+    arch: str = option(DEFAULT_ARCH, "linear (TF-IDF, the default), bag (hashed embeddings), transformer, or "
                        "hybrid (frozen sentence encoder + TF-IDF, heads only; default base: MiniLM-L6)",
                        choices=list(DEFAULTS))
     extra_train: tuple[str | Path, ...] = option((), "records with real coreness labels (e.g. an INSPIRE coreness "

@@ -57,7 +57,7 @@ def demo_settings(settings: Settings, bootstrap: str, model_dir: Path, output: P
 
 
 def ensure_model(model_dir: Path, train_records: int, retrain: bool, train_data: Path | None = None) -> Path:
-    """Reuse the checkpoint in ``model_dir``, or train the default (bag) model on the ``train_records`` most
+    """Reuse the checkpoint in ``model_dir``, or train the default (linear) model on the ``train_records`` most
     recent papers of ``train_data`` (real arXiv metadata), or a small bag model on the generated sample."""
     from models.checkpoint import CheckpointError, read_checkpoint_config
 
