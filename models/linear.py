@@ -10,7 +10,6 @@ The vocabulary is ``vocabulary.json`` (terms, in row order) beside the weights; 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from models.base import ClassifierOutput
-from models.sparse_features import fit_vocabulary, ngrams
+from models.sparse_features import TermIndex, fit_vocabulary
 
 VOCABULARY_FILE = "vocabulary.json"
 DEFAULT_MAX_TERMS = 300_000
@@ -41,19 +40,20 @@ class LinearClassifier(nn.Module):
     arch = "linear"
 
     def __init__(self, num_categories: int, terms: Sequence[str], idf: Sequence[float] | None = None,
-                 input_dropout: float = 0.0, max_seq_length: int = 512) -> None:
+                 input_dropout: float = 0.0, max_seq_length: int = 512, *, zero_weights: bool = True) -> None:
         super().__init__()
         if not terms:
             raise ValueError("the linear model needs a non-empty vocabulary")
         self.num_categories = num_categories
         self.terms = list(terms)
-        self.index = {term: i for i, term in enumerate(self.terms)}
+        self.index = TermIndex(self.terms)
         self.input_dropout = input_dropout
         self.max_seq_length = max_seq_length
         self.register_buffer("idf", torch.tensor(list(idf) if idf is not None else [1.0] * len(self.terms),
                                                  dtype=torch.float32))
-        self.weights = nn.EmbeddingBag(len(self.terms), 3 + num_categories, mode="sum", sparse=True)
-        nn.init.zeros_(self.weights.weight)
+        shape = (len(self.terms), 3 + num_categories)  # zeros to train; left unset when a checkpoint fills them
+        self.weights = nn.EmbeddingBag(*shape, mode="sum", sparse=True,
+                                       _weight=torch.zeros(shape) if zero_weights else torch.empty(shape))
         self.coreness_head = HeadBias(3)
         self.category_head = HeadBias(num_categories)
 
@@ -78,7 +78,7 @@ class LinearClassifier(nn.Module):
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a vocabulary file: {exc}") from None
         return cls(len(config["category_labels"]), terms, input_dropout=config.get("input_dropout", 0.0),
-                   max_seq_length=config.get("max_seq_length", 512))
+                   max_seq_length=config.get("max_seq_length", 512), zero_weights=False)
 
     def arch_config(self) -> dict[str, Any]:
         return {"vocabulary_size": len(self.terms), "input_dropout": self.input_dropout,
@@ -86,20 +86,9 @@ class LinearClassifier(nn.Module):
 
     def encode(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Vocabulary ids of each text's terms (once each), their bag offsets, and sublinear term frequencies."""
-        max_words = max_length or self.max_seq_length
-        get = self.index.get
-        ids: list[int] = []
-        counts: list[int] = []
-        offsets: list[int] = []
-        for text in texts:
-            offsets.append(len(ids))
-            found = Counter(map(get, ngrams(text, max_words)))  # map and count in C: the hot loop of inference
-            found.pop(None, None)  # terms outside the vocabulary
-            ids.extend(found.keys())
-            counts.extend(found.values())
-        return {"ids": torch.from_numpy(np.array(ids, dtype=np.int64)),
-                "offsets": torch.from_numpy(np.array(offsets, dtype=np.int64)),
-                "tf": torch.from_numpy(np.log(np.array(counts, dtype=np.float32)) + 1.0)}
+        rows, offsets, counts = self.index.count(texts, max_length or self.max_seq_length)
+        return {"ids": torch.from_numpy(rows), "offsets": torch.from_numpy(offsets),
+                "tf": torch.from_numpy(np.log(counts.astype(np.float32)) + 1.0)}
 
     def count_tokens(self, text: str) -> int:
         n = min(len(text.split()), self.max_seq_length)

@@ -226,7 +226,7 @@ def test_refit_trains_the_saved_model_on_the_validation_slice_too(tmp_path: Path
     refit_config, held_config = (json.loads((path / "config.json").read_text()) for path in (refit, held))
     assert refit_config["training"]["refit_on_all_records"] and not held_config["training"]["refit_on_all_records"]
     assert refit_config["training"]["valid_records"] == 30
-    assert "zyxwvut" in load_checkpoint(refit)[0].index and "zyxwvut" not in load_checkpoint(held)[0].index
+    assert "zyxwvut" in load_checkpoint(refit)[0].terms and "zyxwvut" not in load_checkpoint(held)[0].terms
     # Thresholds and metrics come from the held-out run in both: the same numbers.
     assert refit_config["metrics"] == held_config["metrics"] and refit_config["thresholds"] == held_config["thresholds"]
     assert refit_config["card"]["data"]["refit_on_all_records"] is True
