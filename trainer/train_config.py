@@ -17,7 +17,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # SGD, per record
     "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2, "recency_half_life": 0.0},
     "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5, "recency_half_life": 0.0},
-    "hybrid": {"epochs": 10, "batch_size": 64, "learning_rate": 2e-2, "recency_half_life": 0.0},  # heads only
+    "hybrid": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # heads: SGD, as linear
 }
 SPLITS = ("time", "random")
 
@@ -57,13 +57,13 @@ class TrainConfig:
     base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer; "
                                            "hybrid: MiniLM-L6 by default)", metavar="DIR")
     output_dir: str | Path = option("artifacts/model", "checkpoint directory (default: %(default)s)", metavar="DIR")
-    epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2, hybrid: 10", metavar="N")
+    epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2, hybrid: 8", metavar="N")
     batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16, hybrid: 64", metavar="N")
-    learning_rate: float | None = option(None, "linear: 4 (SGD, per record), bag: 5e-2, transformer: 5e-5, "
-                                         "hybrid: 2e-2", metavar="LR")
+    learning_rate: float | None = option(None, "linear and hybrid: 4 (SGD, per record), bag: 5e-2, "
+                                         "transformer: 5e-5", metavar="LR")
     recency_half_life: float | None = option(None, "years: a paper's category loss weighs half as much per this "
-                                             "many years before the most recent one; 0 = all equal (linear: 4, "
-                                             "bag, transformer and hybrid: 0)", metavar="YEARS")
+                                             "many years before the most recent one; 0 = all equal (linear and "
+                                             "hybrid: 4, bag and transformer: 0)", metavar="YEARS")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")

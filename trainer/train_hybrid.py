@@ -53,7 +53,7 @@ from trainer.training_data import (
 )
 
 log = logging.getLogger(__name__)
-SPARSE_DEFAULTS: dict[str, int] = {"max_features": 200_000, "min_df": 2}  # the TF-IDF vocabulary
+SPARSE_DEFAULTS: dict[str, int] = {"max_features": 300_000, "min_df": 2}  # the TF-IDF vocabulary, as linear's
 
 
 def default_cache_path() -> Path:
@@ -95,11 +95,13 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
         model.dense_head.bias[3:] = torch.log(prior / (1 - prior))
         model.dense_head.bias[:3] = torch.bincount(core, minlength=3).float().add(1).div(len(core) + 3).log()
     model.to(device).train()
-    dense = torch.optim.AdamW(model.dense_head.parameters(), lr=opts.learning_rate, weight_decay=1e-4)
-    sparse = torch.optim.SparseAdam(list(model.sparse_head.parameters()), lr=opts.learning_rate)
+    # Plain SGD on both halves, as ``linear`` (see trainer.train.make_optimizers: adaptive optimizers end far
+    # from the logistic-regression optimum); both inputs are L2-normalised, so one rate fits both.
+    optimizer = torch.optim.SGD([*model.dense_head.parameters(), *model.sparse_head.parameters()],
+                                lr=opts.learning_rate * opts.batch_size)
     steps_per_epoch = -(-len(texts) // opts.batch_size)
     total = max(1, min(opts.epochs * steps_per_epoch, opts.max_steps or opts.epochs * steps_per_epoch))
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.05, 1 - s / total)) for opt in (dense, sparse)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.05, 1 - s / total))
     generator = torch.Generator().manual_seed(opts.seed)
     started = time.monotonic()
     step, epochs_run = 0, 0
@@ -110,18 +112,16 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
             if step >= total:
                 break
             lengths = bounds[idx + 1] - bounds[idx]
-            gather = torch.cat([torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in idx.tolist()])
             offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+            gather = torch.repeat_interleave(bounds[idx] - offsets, lengths) + torch.arange(int(lengths.sum()))
             out = model.heads(emb[idx].to(device), features["sparse_ids"][gather].to(device), offsets.to(device),
                               features["sparse_weights"][gather].to(device))
             loss = classification_loss(out, core[idx].to(device), cats[idx].to(device), opts.focal_gamma,
                                        core_weight.to(device), mask[idx].to(device), weight[idx].to(device))
-            dense.zero_grad(set_to_none=True)
-            sparse.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for opt, sched in ((dense, schedulers[0]), (sparse, schedulers[1])):
-                opt.step()
-                sched.step()
+            optimizer.step()
+            scheduler.step()
             step += 1
         epochs_run += 1
     model.eval()
