@@ -260,15 +260,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             empty = sum(1 for c in cats if not c)
             rows.append((candidate.name, micro, macro, core_acc, recall, empty, scorer.train_seconds,
                          scorer.load_seconds, throughput(scorer, valid[:1024])))
+            print(table_row(rows[-1]), flush=True)  # each as it is done: a long run that fails keeps the others
     print()
     print("| model | micro-F1 | macro-F1 | coreness (proxy) acc | INSPIRE recall core | non_core | rejected | "
           "no category | train s | load s | records/s (1 thread, batch 64) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, micro, macro, acc, recall, empty, train_s, load_s, rate in rows:
-        print(f"| {name} | {micro:.3f} | {macro:.3f} | {acc:.3f} | {recall.get('core', '-')} | "
-              f"{recall.get('non_core', '-')} | {recall.get('rejected', '-')} | {empty} | {train_s:.0f} | "
-              f"{'-' if load_s is None else f'{load_s:.2f}'} | {rate:,.0f} |")
+    for row in rows:
+        print(table_row(row))
     return 0
+
+
+def table_row(row: tuple) -> str:
+    name, micro, macro, acc, recall, empty, train_s, load_s, rate = row
+    return (f"| {name} | {micro:.3f} | {macro:.3f} | {acc:.3f} | {recall.get('core', '-')} | "
+            f"{recall.get('non_core', '-')} | {recall.get('rejected', '-')} | {empty} | {train_s:.0f} | "
+            f"{'-' if load_s is None else f'{load_s:.2f}'} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":
