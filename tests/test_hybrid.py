@@ -19,7 +19,7 @@ from models.predictor import Predictor
 from models.records import CORENESS_LABELS
 from models.runtime import resolve_runtime
 from models.sparse_features import TfidfFeaturizer, fit_vocabulary
-from tests.test_accuracy import _coreness_file, _dated_sample
+from tests.test_accuracy import _coreness_file, _dated_sample, assert_beats_trivial_baselines, real_or_sample_split
 from tests.test_models import _tiny_encoder
 from trainer.metrics import category_metrics
 from trainer.sample import generate_sample
@@ -219,3 +219,13 @@ def test_hybrid_random_split_is_shuffled(tmp_path: Path, base: Path) -> None:
     card = json.loads((checkpoint / "config.json").read_text())["card"]
     assert card["data"]["valid_split"] == "shuffled"
     assert card["data"]["train_dates"]["last"] > card["data"]["valid_dates"]["first"]
+
+
+@pytest.mark.timeout(600)
+def test_hybrid_heads_learn_on_real_data(tmp_path: Path, shared_data: Path | None) -> None:
+    """The heads (SGD on both halves) learn: with a tiny random encoder the TF-IDF half must carry them."""
+    train, test = real_or_sample_split(shared_data)
+    base = _tiny_encoder_with_weights(tmp_path / "bert", [r.text for r in train[:500]])
+    model = train_model(train, output_dir=tmp_path / "m", arch="hybrid", base_model=base, progress=False,
+                        cache_path=tmp_path / "cache.sqlite", max_seq_length=32)
+    assert_beats_trivial_baselines(Predictor.from_checkpoint(model, device="cpu"), train, test)
