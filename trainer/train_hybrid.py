@@ -53,6 +53,11 @@ from trainer.training_data import (
 )
 
 log = logging.getLogger(__name__)
+# Every record moves every dense weight, but a term's weights only when the record has the term, so the dense
+# half takes a lower rate. Time-later holdout of the full training file (micro/macro-F1, cross-fitted):
+# factor 16: 0.497/0.437, 4: 0.535/0.463, 1: 0.574/0.504, 0.5: 0.586/0.518, 0.25: 0.594/0.528,
+# 0.1: 0.599/0.532, 0.05: 0.595/0.531 (linear alone: 0.570/0.505).
+DENSE_LR_FACTOR = 0.1
 SPARSE_DEFAULTS: dict[str, int] = {"max_features": 300_000, "min_df": 2}  # the TF-IDF vocabulary, as linear's
 
 
@@ -96,9 +101,10 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
         model.dense_head.bias[:3] = torch.bincount(core, minlength=3).float().add(1).div(len(core) + 3).log()
     model.to(device).train()
     # Plain SGD on both halves, as ``linear`` (see trainer.train.make_optimizers: adaptive optimizers end far
-    # from the logistic-regression optimum); both inputs are L2-normalised, so one rate fits both.
-    optimizer = torch.optim.SGD([*model.dense_head.parameters(), *model.sparse_head.parameters()],
-                                lr=opts.learning_rate * opts.batch_size)
+    # from the logistic-regression optimum); the dense half at DENSE_LR_FACTOR x the rate.
+    rate = opts.learning_rate * opts.batch_size
+    optimizer = torch.optim.SGD([{"params": list(model.dense_head.parameters()), "lr": rate * DENSE_LR_FACTOR},
+                                 {"params": list(model.sparse_head.parameters()), "lr": rate}])
     steps_per_epoch = -(-len(texts) // opts.batch_size)
     total = max(1, min(opts.epochs * steps_per_epoch, opts.max_steps or opts.epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.05, 1 - s / total))
