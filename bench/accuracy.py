@@ -113,9 +113,11 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
     counts = Counter(c for r in records for c in r.categories)
     binarizer = MultiLabelBinarizer(classes=sorted(c for c, n in counts.items() if n >= 5))
     targets = binarizer.fit_transform([[c for c in r.categories if c in binarizer.classes] for r in records])
+    train_x = features[:len(records)].tocsr()
+    train_x.sum_duplicates()  # canonical before the threads share it: no fit sorts it in place (a scipy segfault)
+    train_x.sort_indices()
     with parallel_backend("threading", n_jobs=-1):  # liblinear frees the GIL; processes would copy the features
-        categories = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(features[:len(records)],
-                                                                                           targets)
+        categories = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(train_x, targets)
     coreness = LogisticRegression(C=10, max_iter=1000).fit(features, [r.coreness for r in records + extra])
     train_seconds = time.monotonic() - started
 
