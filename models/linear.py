@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from models.base import ClassifierOutput
-from models.sparse_features import TermIndex, fit_vocabulary
+from models.sparse_features import TermIndex, fit_vocabulary, l2_normalised_bags
 
 VOCABULARY_FILE = "vocabulary.json"
 DEFAULT_MAX_TERMS = 300_000
@@ -101,13 +101,6 @@ class LinearClassifier(nn.Module):
         weights = tf * self.idf[ids]
         if self.training and self.input_dropout > 0:
             weights = weights * torch.bernoulli(torch.full_like(weights, 1 - self.input_dropout))
-        norms = torch.zeros(len(offsets), device=weights.device).index_add_(
-            0, _bag_index(offsets, len(ids)), weights.square()).sqrt().clamp_min(1e-12)
-        logits = self.weights(ids, offsets, per_sample_weights=weights / norms[_bag_index(offsets, len(ids))])
+        logits = self.weights(ids, offsets, per_sample_weights=l2_normalised_bags(weights, offsets))
         return ClassifierOutput(logits[:, :3] + self.coreness_head.bias, logits[:, 3:] + self.category_head.bias)
 
-
-def _bag_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
-    """For each input position, the index of its bag."""
-    lengths = torch.diff(offsets, append=torch.tensor([total], device=offsets.device))
-    return torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), lengths)

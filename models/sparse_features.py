@@ -42,6 +42,15 @@ def fit_vocabulary(texts: Iterable[str], max_features: int, min_df: int = 2,
     return kept, idf
 
 
+def l2_normalised_bags(weights: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``weights`` (the inputs of an ``EmbeddingBag`` with bag starts ``offsets``) divided by their bag's L2 norm
+    (an empty or all-zero bag stays zero)."""
+    lengths = torch.diff(offsets, append=torch.tensor([len(weights)], device=offsets.device))
+    bag = torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), lengths)
+    norms = torch.zeros(len(offsets), device=weights.device).index_add_(0, bag, weights.square())
+    return weights / norms.sqrt().clamp_min(1e-12)[bag]
+
+
 class _WordIds(dict[str, int]):
     """Word -> id, 0 for a word outside the vocabulary (``__getitem__`` mapped in C, no per-word branching)."""
 
@@ -60,10 +69,10 @@ class TermIndex:
     def __init__(self, terms: Sequence[str]) -> None:
         # Whole-vocabulary steps (dicts built from iterators, ``map`` over str methods): loading 300k terms is
         # part of a model's load time.
-        rows = np.arange(len(terms), dtype=np.int64)
         spaces = np.fromiter(map(methodcaller("count", " "), terms), dtype=np.int64, count=len(terms))
-        unigrams = [terms[i] for i in np.flatnonzero(spaces == 0).tolist()]
-        pair_words = " ".join(terms[i] for i in np.flatnonzero(spaces == 1).tolist()).split(" ")  # w1 w2 w1 w2 ...
+        unigram_rows, pair_rows = np.flatnonzero(spaces == 0), np.flatnonzero(spaces == 1)  # others never match
+        unigrams = [terms[i] for i in unigram_rows.tolist()]
+        pair_words = " ".join(terms[i] for i in pair_rows.tolist()).split(" ")  # w1 w2 w1 w2 ...
         firsts, seconds = (pair_words[0::2], pair_words[1::2]) if len(pair_words) > 1 else ([], [])
         self.word_ids = _WordIds((word, i) for i, word in enumerate(dict.fromkeys(unigrams), start=1))
         for word in sorted(set(pair_words) - self.word_ids.keys()):  # words only seen in pairs
@@ -71,13 +80,12 @@ class TermIndex:
         self.num_words = len(self.word_ids) + 1
         self.num_rows = len(terms)
         self.unigram_row = np.full(self.num_words, -1, dtype=np.int64)
-        self.unigram_row[np.fromiter(map(self.word_ids.__getitem__, unigrams), np.int64, len(unigrams))] = \
-            rows[spaces == 0]
+        self.unigram_row[np.fromiter(map(self.word_ids.__getitem__, unigrams), np.int64, len(unigrams))] = unigram_rows
         first = np.fromiter(map(self.word_ids.__getitem__, firsts), np.int64, len(firsts))
         second = np.fromiter(map(self.word_ids.__getitem__, seconds), np.int64, len(seconds))
         keys = first * self.num_words + second
         order = np.argsort(keys, kind="stable")
-        self.pair_keys, self.pair_rows = keys[order], rows[spaces == 1][order]
+        self.pair_keys, self.pair_rows = keys[order], pair_rows[order]
 
     def count(self, texts: Sequence[str], max_words: int | None = None,
               chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +133,7 @@ class TfidfFeaturizer:
 
     def __init__(self, vocabulary: Sequence[str], idf: torch.Tensor | np.ndarray, max_words: int = 512) -> None:
         self.vocabulary = list(vocabulary)
-        self.terms = TermIndex(self.vocabulary)
+        self.index = TermIndex(self.vocabulary)
         self.idf = torch.as_tensor(idf, dtype=torch.float32)
         self.max_words = max_words
 
@@ -135,15 +143,11 @@ class TfidfFeaturizer:
     def featurize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``sparse_ids``, ``sparse_offsets`` and ``sparse_weights`` of ``texts`` (a text with no known n-gram
         gives an empty bag, i.e. a zero vector)."""
-        rows, offsets, counts = self.terms.count(texts, self.max_words)
-        id_tensor = torch.from_numpy(rows)
-        weights = torch.from_numpy(np.log(counts.astype(np.float32)) + 1.0) * self.idf[id_tensor]
-        offset_tensor = torch.from_numpy(offsets)
-        # L2 norm per document
-        lengths = torch.diff(offset_tensor, append=torch.tensor([len(rows)]))
-        doc = torch.repeat_interleave(torch.arange(len(texts)), lengths)
-        norms = torch.zeros(len(texts)).index_add_(0, doc, weights * weights).sqrt().clamp(min=1e-12)
-        return {"sparse_ids": id_tensor, "sparse_offsets": offset_tensor, "sparse_weights": weights / norms[doc]}
+        rows, offsets, counts = self.index.count(texts, self.max_words)
+        ids, offsets_tensor = torch.from_numpy(rows), torch.from_numpy(offsets)
+        weights = torch.from_numpy(np.log(counts.astype(np.float32)) + 1.0) * self.idf[ids]
+        return {"sparse_ids": ids, "sparse_offsets": offsets_tensor,
+                "sparse_weights": l2_normalised_bags(weights, offsets_tensor)}
 
     def save(self, out_dir: Path) -> None:
         (out_dir / VOCABULARY_FILE).write_text(json.dumps({"ngram_range": [1, 2], "lowercase": True,

@@ -148,7 +148,6 @@ def test_evaluation_report_carries_the_model_card(linear_checkpoint: Path, tmp_p
     assert "## Model card" in report and "Time-later validation" in report and "Known limits" in report
 
 
-@pytest.mark.timeout(600)
 def real_or_sample_split(shared_data: Path | None) -> tuple[list[Record], list[Record]]:
     """6,000 training papers and 800 papers of 2018 (else the generated sample)."""
     proxy = CorenessProxy.load()
@@ -159,6 +158,7 @@ def real_or_sample_split(shared_data: Path | None) -> tuple[list[Record], list[R
                                                                                  proxy)
 
 
+@pytest.mark.timeout(600)
 def test_linear_beats_trivial_baselines_on_real_data(tmp_path: Path, shared_data: Path | None) -> None:
     train, test = real_or_sample_split(shared_data)
     model = train_model(train, output_dir=tmp_path / "m", arch="linear", progress=False)
