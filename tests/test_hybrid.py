@@ -99,6 +99,36 @@ def test_second_training_reads_embeddings_from_the_cache(tmp_path: Path, sample:
     assert json.loads((third / "config.json").read_text())["training"]["cache"]["hits"] == 0
 
 
+@pytest.mark.timeout(180)
+def test_hybrid_takes_the_fine_tuned_encoder_of_a_transformer_checkpoint(tmp_path: Path, sample: list[dict],
+                                                                         base: Path) -> None:
+    """``--base-model`` may name a trainer ``transformer`` checkpoint (fine-tuned on a GPU host): the hybrid freezes
+    that encoder, read from the checkpoint's safetensors, and caches its embeddings under its own key."""
+    tuned = train_model(sample, arch="transformer", base_model=base, output_dir=tmp_path / "tf", epochs=1,
+                        max_seq_length=32, learning_rate=1e-3, progress=False)
+    cache = tmp_path / "cache.sqlite"
+    frozen = train_model(sample, arch="hybrid", base_model=base, output_dir=tmp_path / "frozen", epochs=1,
+                         max_seq_length=32, cache_path=cache, progress=False)
+    hybrid = train_model(sample, arch="hybrid", base_model=tuned, output_dir=tmp_path / "hy", epochs=1,
+                         max_seq_length=32, cache_path=cache, progress=False)
+    transformer_state = load_checkpoint(tuned)[0].encoder.state_dict()
+    hybrid_model, config = load_checkpoint(hybrid)
+    assert config["base_model"] == str(tuned)
+    hybrid_state = hybrid_model.encoder.model.state_dict()
+    assert hybrid_state.keys() == transformer_state.keys()
+    assert all(torch.equal(hybrid_state[key], transformer_state[key]) for key in hybrid_state)
+    base_state = load_checkpoint(frozen)[0].encoder.model.state_dict()
+    assert any(not torch.equal(base_state[key], hybrid_state[key]) for key in base_state)  # fine-tuning moved it
+    assert config["training"]["cache"]["hits"] == 0  # other weights, other embeddings
+    # a hybrid checkpoint's encoder is reusable too; a checkpoint without an encoder is refused clearly
+    again = train_model(sample, arch="hybrid", base_model=hybrid, output_dir=tmp_path / "again", epochs=1,
+                        max_seq_length=32, cache_path=cache, progress=False)
+    assert json.loads((again / "config.json").read_text())["training"]["cache"]["misses"] == 0
+    linear = train_model(sample, output_dir=tmp_path / "linear", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="'linear' checkpoint: only transformer and hybrid"):
+        train_model(sample, arch="hybrid", base_model=linear, output_dir=tmp_path / "bad", progress=False)
+
+
 def test_cache_returns_stored_vectors_in_input_order(tmp_path: Path) -> None:
     calls: list[list[str]] = []
 

@@ -55,7 +55,8 @@ class TrainConfig:
                          "hybrid: after tuning thresholds on it, train again on all records; the reported metrics stay "
                          "those of the held-out slice)", flag="--no-refit")
     base_model: str | Path | None = option(None, "local Hugging Face encoder directory (arch transformer; "
-                                           "hybrid: MiniLM-L6 by default)", metavar="DIR")
+                                           "hybrid: MiniLM-L6 by default, or a transformer checkpoint's "
+                                           "fine-tuned encoder)", metavar="DIR")
     output_dir: str | Path = option("artifacts/model", "checkpoint directory (default: %(default)s)", metavar="DIR")
     epochs: int | None = option(None, "linear: 8, bag: 5, transformer: 2, hybrid: 8", metavar="N")
     batch_size: int | None = option(None, "linear: 64, bag: 64, transformer: 16, hybrid: 64", metavar="N")
