@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, MPNetConfig
 
 from models.checkpoint import load_checkpoint
 from models.embedding_cache import EmbeddingCache
+from models.hybrid import FrozenEncoder
 from models.labels import CorenessProxy
 from models.predictor import Predictor
 from models.records import CORENESS_LABELS
 from models.runtime import resolve_runtime
 from models.sparse_features import TfidfFeaturizer, fit_vocabulary
+from models.transformer import load_encoder
 from tests.test_accuracy import _coreness_file, _dated_sample, assert_beats_trivial_baselines, real_or_sample_split
 from tests.test_models import _tiny_encoder
 from trainer.metrics import category_metrics
@@ -127,6 +129,29 @@ def test_hybrid_takes_the_fine_tuned_encoder_of_a_transformer_checkpoint(tmp_pat
     linear = train_model(sample, output_dir=tmp_path / "linear", epochs=1, progress=False)
     with pytest.raises(ValueError, match="'linear' checkpoint: only transformer and hybrid"):
         train_model(sample, arch="hybrid", base_model=linear, output_dir=tmp_path / "bad", progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_hybrid_freezes_an_mpnet_encoder(tmp_path: Path, sample: list[dict], base: Path) -> None:
+    """Another encoder family than BERT (MPNet, the family of ``scripts/fetch_mpnet.sh``'s all-mpnet-base-v2):
+    the checkpoint rebuilds it from its own config and gives the base encoder's embeddings exactly."""
+    mpnet = shutil.copytree(base, tmp_path / "mpnet", ignore=shutil.ignore_patterns("config.json", "*.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(mpnet)
+    torch.manual_seed(0)
+    AutoModel.from_config(MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+                                      pad_token_id=tokenizer.pad_token_id)).save_pretrained(mpnet)
+    checkpoint = train_model(sample, arch="hybrid", base_model=mpnet, output_dir=tmp_path / "hy", epochs=1,
+                             max_seq_length=32, cache_path=tmp_path / "cache.sqlite", progress=False)
+    texts = [r["title"] + " " + r["abstract"] for r in sample[:8]]
+    expected = FrozenEncoder(*load_encoder(mpnet), 32).embed(texts)
+    shutil.rmtree(mpnet)
+    model, config = load_checkpoint(checkpoint)
+    assert config["encoder_config"]["model_type"] == "mpnet" and model.encoder.dim == 32
+    np.testing.assert_allclose(model.encoder.embed(texts), expected, atol=1e-6)
+    results = Predictor.from_checkpoint(checkpoint, device="cpu").predict_batch(
+        to_records(generate_sample(3, seed=13), None, 0, CorenessProxy.load()))
+    assert len(results) == 3 and all(r.categories for r in results)
 
 
 def test_cache_returns_stored_vectors_in_input_order(tmp_path: Path) -> None:

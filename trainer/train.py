@@ -1,4 +1,4 @@
-"""``corestream-train train``: fit a linear, bag or transformer model, tune thresholds on the most recent data,
+"""``corestream-train train``: fit a linear, bag, transformer or hybrid model, tune thresholds on the most recent data,
 save a checkpoint with its model card.
 
 Data flow: records (file, list, or a generated sample) -> labelled records -> train/validation split (the most
@@ -380,7 +380,7 @@ def _train_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a linear, bag or transformer model and save a checkpoint",
+    p = subparsers.add_parser("train", help="train a linear, bag, transformer or hybrid model and save a checkpoint",
                               description="Train a model; resumes from the checkpoint in --output-dir unless "
                                           "--from-scratch. Without --data, trains on a generated sample.")
     p.add_argument("--data", metavar="FILE", help="JSON lines (.gz ok): flat, INSPIRE or arXiv-snapshot records "
