@@ -19,9 +19,10 @@ named in ``--candidates``: it embeds every paper once (~67k with the INSPIRE fil
 storing the embeddings in its cache (``--embedding-cache``), so that a second run trains in seconds.
 ``--hybrid-base-model DIR`` adds a second hybrid on another encoder (e.g. a ``transformer`` checkpoint fine-tuned
 by the trainer, or the all-mpnet-base-v2 of ``scripts/fetch_mpnet.sh``), chosen by the same ``--candidates hybrid``.
-``--cached-only`` keeps only the training and INSPIRE papers whose embeddings are cached already, for every
-candidate alike: a partial cache gives a comparable run (the 2018 papers are scored by each checkpoint's
-predictor, which reads no cache: all of them are kept). ``--runtime int8`` scores with the int8 encoder.
+``--cached-only`` keeps only the training and INSPIRE papers whose embeddings are cached already (by every
+hybrid encoder in the run), for every candidate alike: a partial cache gives a comparable run (the 2018 papers
+are scored by each checkpoint's predictor, which reads no cache: all of them are kept). ``--runtime int8``
+scores with the int8 encoder.
 
 The reference (scikit-learn, used only here): TF-IDF of word 1-2-grams (sublinear tf, 300k features) and
 one-vs-rest logistic regression (C=10), threshold 0.2, top-1 fallback; its coreness head is a multinomial
@@ -189,21 +190,25 @@ def recent(path: Path, limit: int, out: Path) -> Path:
     return out
 
 
-def cached_only(path: Path, out: Path, cache_path: Path) -> Path:
-    """The lines of ``path`` whose record text has a cached hybrid embedding (default encoder), in ``out``."""
+def cached_only(path: Path, out: Path, cache_path: Path, base_models: Sequence[Path]) -> Path:
+    """The lines of ``path`` whose record text has a cached hybrid embedding from each of ``base_models``, in
+    ``out``."""
     from models.embedding_cache import EmbeddingCache, text_key
     from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder
-    from models.transformer import load_encoder
-    from trainer.train_hybrid import default_base_model
+    from trainer.train_hybrid import base_encoder
 
-    encoder = FrozenEncoder(*load_encoder(default_base_model()), DEFAULT_MAX_SEQ_LENGTH)
     with open_text(path) as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
-    keys = [text_key(encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, parse_training_line(row).text) for row in rows]
-    with EmbeddingCache(cache_path, encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, encoder.dim) as cache:
-        found = cache._lookup(sorted(set(keys)))
+    texts = [parse_training_line(row).text for row in rows]
+    keep = [True] * len(rows)
+    for base_model in base_models:
+        encoder = FrozenEncoder(*base_encoder(base_model), DEFAULT_MAX_SEQ_LENGTH)
+        keys = [text_key(encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, text) for text in texts]
+        with EmbeddingCache(cache_path, encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, encoder.dim) as cache:
+            found = cache._lookup(sorted(set(keys)))
+        keep = [kept and key in found for kept, key in zip(keep, keys, strict=True)]
     with open_text(out, "w") as sink:
-        sink.writelines(json.dumps(row) + "\n" for row, key in zip(rows, keys, strict=True) if key in found)
+        sink.writelines(json.dumps(row) + "\n" for row, kept in zip(rows, keep, strict=True) if kept)
     return out
 
 
@@ -241,10 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit:
             train_file = recent(train_file, args.limit, work / "train.jsonl.gz")
         if args.cached_only:
-            from trainer.train_hybrid import default_cache_path
+            from trainer.train_hybrid import default_base_model, default_cache_path
 
-            train_file = cached_only(train_file, work / "train-cached.jsonl.gz", default_cache_path())
-            inspire = inspire and cached_only(inspire, work / "inspire-cached.jsonl.gz", default_cache_path())
+            encoders = [default_base_model(), *([args.hybrid_base_model] if args.hybrid_base_model else [])]
+            train_file = cached_only(train_file, work / "train-cached.jsonl.gz", default_cache_path(), encoders)
+            inspire = inspire and cached_only(inspire, work / "inspire-cached.jsonl.gz", default_cache_path(),
+                                              encoders)
         counts = Counter(c for r in load_records(train_file, proxy=proxy) for c in r.categories)
         labels = [c for c, n in counts.most_common() if n >= MIN_TRAIN_PAPERS][:MAX_LABELS]
         valid = load_records(valid_file, proxy=proxy, limit=args.limit // 4 if args.limit else None)
