@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ from models.records import CORENESS_LABELS, Record  # noqa: E402
 from trainer.train import train_model  # noqa: E402
 from trainer.train_config import DEFAULT_ARCH  # noqa: E402
 from trainer.training_data import held_out, load_records, parse_training_line  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.hybrid import FrozenEncoder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS, MAX_LABELS = 20, 150
@@ -190,21 +194,18 @@ def recent(path: Path, limit: int, out: Path) -> Path:
     return out
 
 
-def cached_only(path: Path, out: Path, cache_path: Path, base_models: Sequence[Path]) -> Path:
-    """The lines of ``path`` whose record text has a cached hybrid embedding from each of ``base_models``, in
+def cached_only(path: Path, out: Path, cache_path: Path, encoders: Sequence[FrozenEncoder]) -> Path:
+    """The lines of ``path`` whose record text has a cached hybrid embedding from each of ``encoders``, in
     ``out``."""
     from models.embedding_cache import EmbeddingCache, text_key
-    from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder
-    from trainer.train_hybrid import base_encoder
 
     with open_text(path) as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
     texts = [parse_training_line(row).text for row in rows]
     keep = [True] * len(rows)
-    for base_model in base_models:
-        encoder = FrozenEncoder(*base_encoder(base_model), DEFAULT_MAX_SEQ_LENGTH)
-        keys = [text_key(encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, text) for text in texts]
-        with EmbeddingCache(cache_path, encoder.encoder_id, DEFAULT_MAX_SEQ_LENGTH, encoder.dim) as cache:
+    for encoder in encoders:
+        keys = [text_key(encoder.encoder_id, encoder.max_seq_length, text) for text in texts]
+        with EmbeddingCache(cache_path, encoder.encoder_id, encoder.max_seq_length, encoder.dim) as cache:
             found = cache._lookup(sorted(set(keys)))
         keep = [kept and key in found for kept, key in zip(keep, keys, strict=True)]
     with open_text(out, "w") as sink:
@@ -246,9 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit:
             train_file = recent(train_file, args.limit, work / "train.jsonl.gz")
         if args.cached_only:
-            from trainer.train_hybrid import default_base_model, default_cache_path
+            from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder
+            from trainer.train_hybrid import base_encoder, default_base_model, default_cache_path
 
-            encoders = [default_base_model(), *([args.hybrid_base_model] if args.hybrid_base_model else [])]
+            bases = [default_base_model(), *([args.hybrid_base_model] if args.hybrid_base_model else [])]
+            encoders = [FrozenEncoder(*base_encoder(base), DEFAULT_MAX_SEQ_LENGTH) for base in bases]  # loaded once
             train_file = cached_only(train_file, work / "train-cached.jsonl.gz", default_cache_path(), encoders)
             inspire = inspire and cached_only(inspire, work / "inspire-cached.jsonl.gz", default_cache_path(),
                                               encoders)
