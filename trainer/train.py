@@ -43,6 +43,7 @@ from trainer.training_data import (
     category_vocabulary,
     fingerprint,
     held_out,
+    known_categories,
     label_record,
     load_records,
     parse_training_line,
@@ -106,14 +107,21 @@ def build_model(arch: str, num_categories: int, base_model: str | Path | None, m
     return cls(num_categories, **params)
 
 
-def init_head_biases(model: torch.nn.Module, coreness: torch.Tensor, categories: torch.Tensor) -> None:
+def init_head_biases(model: torch.nn.Module, coreness: torch.Tensor, categories: torch.Tensor,
+                     known: torch.Tensor | None = None) -> None:
     """Start the heads at the training priors (log class frequencies), so that the first steps are not spent
     learning that most categories are absent and the encoder is not shaken by huge initial losses."""
     with torch.no_grad():
         core_prior = torch.bincount(coreness, minlength=3).float().add(1).div(len(coreness) + 3)
         model.coreness_head.bias.copy_(core_prior.log())
-        cat_prior = categories.float().mean(0).clamp(1e-4, 1 - 1e-4)
-        model.category_head.bias.copy_(torch.log(cat_prior / (1 - cat_prior)))
+        model.category_head.bias.copy_(category_prior_logits(categories, known))
+
+
+def category_prior_logits(categories: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-odds of each category's frequency (C,), over the records whose label for it is ``known``."""
+    known = torch.ones_like(categories) if known is None else known
+    prior = ((categories * known).sum(0) / known.sum(0)).nan_to_num(0.5).clamp(1e-4, 1 - 1e-4)  # 0/0: none known
+    return torch.log(prior / (1 - prior))
 
 
 def is_sparse(model: torch.nn.Module, param: torch.nn.Parameter) -> bool:
@@ -209,12 +217,13 @@ def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequen
     texts = [r.text for r in list(records) + list(extra_records)]
     y_core = torch.from_numpy(coreness_targets(list(records) + list(extra_records)))
     y_cats = torch.from_numpy(category_targets(list(records) + list(extra_records), labels))
+    known = torch.from_numpy(known_categories(list(records) + list(extra_records), labels))
     cat_mask = torch.cat([torch.ones(len(records)), torch.zeros(len(extra_records))])
     recency = torch.cat([torch.from_numpy(recency_weights(records, opts.recency_half_life)),
                          torch.ones(len(extra_records))])
     core_weight = coreness_class_weights(y_core, opts.coreness_weight_power).to(opts.device)
     if fresh:
-        init_head_biases(model, y_core, y_cats[: len(records)])
+        init_head_biases(model, y_core, y_cats[: len(records)], known[: len(records)])
     model.to(opts.device)
     dense_params = [p for p in model.parameters() if p.requires_grad and not is_sparse(model, p)]
     steps_per_epoch = math.ceil(len(texts) / opts.batch_size)
@@ -241,7 +250,7 @@ def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequen
                     output = model(**{key: value.to(opts.device) for key, value in inputs.items()})
                 loss = classification_loss(output, y_core[idx].to(opts.device), y_cats[idx].to(opts.device),
                                            opts.focal_gamma, core_weight, cat_mask[idx].to(opts.device),
-                                           recency[idx].to(opts.device))
+                                           recency[idx].to(opts.device), known[idx].to(opts.device))
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -37,6 +37,7 @@ from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
 from trainer.train import (  # train_model dispatches here and imports this module lazily
     FitResult,
     TrainingError,
+    category_prior_logits,
     category_targets,
     coreness_class_weights,
     coreness_summary,
@@ -48,6 +49,7 @@ from trainer.training_data import (
     category_vocabulary,
     fingerprint,
     held_out,
+    known_categories,
     load_records,
     recency_weights,
     split_records,
@@ -82,10 +84,11 @@ def cached_embeddings(encoder: FrozenEncoder, texts: Sequence[str], cache_path: 
 
 def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[str], y_core: np.ndarray,
               y_cats: np.ndarray, opts: TrainConfig, *, category_mask: np.ndarray | None = None,
-              sample_weight: np.ndarray | None = None) -> FitResult:
+              sample_weight: np.ndarray | None = None, category_known: np.ndarray | None = None) -> FitResult:
     """Train the heads (the encoder stays frozen) on precomputed embeddings for ``opts.epochs`` epochs (at most
     ``opts.max_steps`` steps). ``category_mask`` 0: the record trains the coreness head only (real coreness
-    labels); ``sample_weight``: per-record category-loss weights (recency). The coreness loss is class-weighted
+    labels); ``sample_weight``: per-record category-loss weights (recency); ``category_known`` (n, C): 0 for the
+    single labels a record leaves unknown. The coreness loss is class-weighted
     (``opts.coreness_weight_power``); the category-head biases start at the priors of the unmasked records."""
     torch.manual_seed(opts.seed)
     device = opts.device
@@ -96,10 +99,10 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
     cats = torch.from_numpy(y_cats)
     mask = torch.ones(len(texts)) if category_mask is None else torch.from_numpy(category_mask).float()
     weight = torch.ones(len(texts)) if sample_weight is None else torch.from_numpy(sample_weight).float()
+    known = torch.ones(cats.shape) if category_known is None else torch.from_numpy(category_known).float()
     core_weight = coreness_class_weights(core, opts.coreness_weight_power)
     with torch.no_grad():  # start at the priors: log class frequencies
-        prior = cats[mask.bool()].float().mean(0).nan_to_num(0.5).clamp(1e-4, 1 - 1e-4)
-        model.dense_head.bias[3:] = torch.log(prior / (1 - prior))
+        model.dense_head.bias[3:] = category_prior_logits(cats[mask.bool()].float(), known[mask.bool()])
         model.dense_head.bias[:3] = torch.bincount(core, minlength=3).float().add(1).div(len(core) + 3).log()
     model.to(device).train()
     # Plain SGD on both halves, as ``linear`` (see trainer.train.make_optimizers: adaptive optimizers end far
@@ -125,7 +128,8 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
             out = model.heads(emb[idx].to(device), features["sparse_ids"][gather].to(device), offsets.to(device),
                               features["sparse_weights"][gather].to(device))
             loss = classification_loss(out, core[idx].to(device), cats[idx].to(device), opts.focal_gamma,
-                                       core_weight.to(device), mask[idx].to(device), weight[idx].to(device))
+                                       core_weight.to(device), mask[idx].to(device), weight[idx].to(device),
+                                       known[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -221,7 +225,8 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
         stacked = np.concatenate([fit_embeddings, extra_emb]) if extra_fit else fit_embeddings
         result = fit_heads(model, stacked, texts, coreness_targets(fit_records + extra_fit),
                            category_targets(fit_records + extra_fit, labels), opts, category_mask=mask,
-                           sample_weight=recency.astype(np.float32))
+                           sample_weight=recency.astype(np.float32),
+                           category_known=known_categories(fit_records + extra_fit, labels))
         return model, result
 
     model, fitted = fitted_model(train_records, train_emb)

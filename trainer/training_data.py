@@ -169,10 +169,36 @@ def held_out(records: Sequence[Record], fraction: float) -> tuple[list[Record], 
     return [r for r in records if id(r) not in chosen], out
 
 
+def bare_archives(categories: Iterable[str]) -> set[str]:
+    """The archive names among ``categories`` that also occur split into subject classes (``astro-ph`` beside
+    ``astro-ph.CO``). arXiv filed papers under the bare archive before it was split (astro-ph until 2009), and
+    snapshots keep those labels: such a label says "one of its subject classes, unknown which"."""
+    names = set(categories)
+    return {name for name in names if "." not in name and any(other.startswith(name + ".") for other in names)}
+
+
 def category_vocabulary(records: Iterable[Record], min_count: int = 1) -> list[str]:
-    """Categories seen at least ``min_count`` times, most frequent first (ties by name)."""
+    """Categories seen at least ``min_count`` times, most frequent first (ties by name); a bare archive whose
+    subject classes are there too is left out (:func:`bare_archives`): no current paper is filed under it."""
     counts = Counter(cat for record in records for cat in record.categories)
-    return sorted((cat for cat, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
+    bare = bare_archives(counts)
+    return sorted((cat for cat, n in counts.items() if n >= min_count and cat not in bare),
+                  key=lambda c: (-counts[c], c))
+
+
+def known_categories(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+    """(n, C) 1/0: whether a record's label for each category is known. A record filed under a bare archive
+    (``astro-ph``) and none of its subject classes says nothing about which subject class (``astro-ph.*``)
+    it belongs to: those entries are 0, so that training neither rewards nor penalises them."""
+    known = np.ones((len(records), len(labels)), dtype=np.float32)
+    prefixes = {label.split(".", 1)[0] for label in labels if "." in label}
+    columns = {prefix: [i for i, label in enumerate(labels) if label.startswith(prefix + ".")]
+               for prefix in prefixes}
+    for row, record in enumerate(records):
+        for cat in record.categories:
+            if cat in columns and not any(c.startswith(cat + ".") for c in record.categories):
+                known[row, columns[cat]] = 0.0
+    return known
 
 
 def fingerprint(records: Iterable[Record]) -> str:
