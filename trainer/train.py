@@ -112,9 +112,13 @@ def init_head_biases(model: torch.nn.Module, coreness: torch.Tensor, categories:
     """Start the heads at the training priors (log class frequencies), so that the first steps are not spent
     learning that most categories are absent and the encoder is not shaken by huge initial losses."""
     with torch.no_grad():
-        core_prior = torch.bincount(coreness, minlength=3).float().add(1).div(len(coreness) + 3)
-        model.coreness_head.bias.copy_(core_prior.log())
+        model.coreness_head.bias.copy_(coreness_prior_logits(coreness))
         model.category_head.bias.copy_(category_prior_logits(categories, known))
+
+
+def coreness_prior_logits(coreness: torch.Tensor) -> torch.Tensor:
+    """Log of each coreness class's frequency (3,), add-one smoothed."""
+    return torch.bincount(coreness, minlength=3).float().add(1).div(len(coreness) + 3).log()
 
 
 def category_prior_logits(categories: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,10 +218,11 @@ def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequen
         opts: TrainConfig, *, fresh: bool) -> FitResult:
     """Run ``opts.epochs`` epochs over ``records`` (both heads) and ``extra_records`` (real coreness labels: the
     coreness head only); a ``fresh`` model first gets its head biases at the training priors."""
-    texts = [r.text for r in list(records) + list(extra_records)]
-    y_core = torch.from_numpy(coreness_targets(list(records) + list(extra_records)))
-    y_cats = torch.from_numpy(category_targets(list(records) + list(extra_records), labels))
-    known = torch.from_numpy(known_categories(list(records) + list(extra_records), labels))
+    every = [*records, *extra_records]
+    texts = [r.text for r in every]
+    y_core = torch.from_numpy(coreness_targets(every))
+    y_cats = torch.from_numpy(category_targets(every, labels))
+    known = torch.from_numpy(known_categories(every, labels))
     cat_mask = torch.cat([torch.ones(len(records)), torch.zeros(len(extra_records))])
     recency = torch.cat([torch.from_numpy(recency_weights(records, opts.recency_half_life)),
                          torch.ones(len(extra_records))])

@@ -40,6 +40,7 @@ from trainer.train import (  # train_model dispatches here and imports this modu
     category_prior_logits,
     category_targets,
     coreness_class_weights,
+    coreness_prior_logits,
     coreness_summary,
     coreness_targets,
     to_records,
@@ -103,7 +104,7 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
     core_weight = coreness_class_weights(core, opts.coreness_weight_power)
     with torch.no_grad():  # start at the priors: log class frequencies
         model.dense_head.bias[3:] = category_prior_logits(cats[mask.bool()].float(), known[mask.bool()])
-        model.dense_head.bias[:3] = torch.bincount(core, minlength=3).float().add(1).div(len(core) + 3).log()
+        model.dense_head.bias[:3] = coreness_prior_logits(core)
     model.to(device).train()
     # Plain SGD on both halves, as ``linear`` (see trainer.train.make_optimizers: adaptive optimizers end far
     # from the logistic-regression optimum); the dense half at DENSE_LR_FACTOR x the rate.
@@ -219,14 +220,13 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
         vocabulary, idf = fit_vocabulary([r.text for r in fit_records], max_features, min_df)
         torch.manual_seed(opts.seed)  # the dense head's initial weights: the same run gives the same model
         model = HybridClassifier(encoder, TfidfFeaturizer(vocabulary, idf), len(labels), max_seq_length)
-        texts = [r.text for r in fit_records + extra_fit]
+        every = fit_records + extra_fit
         mask = np.r_[np.ones(len(fit_records)), np.zeros(len(extra_fit))].astype(np.float32)
         recency = np.r_[recency_weights(fit_records, opts.recency_half_life), np.ones(len(extra_fit))]
         stacked = np.concatenate([fit_embeddings, extra_emb]) if extra_fit else fit_embeddings
-        result = fit_heads(model, stacked, texts, coreness_targets(fit_records + extra_fit),
-                           category_targets(fit_records + extra_fit, labels), opts, category_mask=mask,
-                           sample_weight=recency.astype(np.float32),
-                           category_known=known_categories(fit_records + extra_fit, labels))
+        result = fit_heads(model, stacked, [r.text for r in every], coreness_targets(every),
+                           category_targets(every, labels), opts, category_mask=mask,
+                           sample_weight=recency.astype(np.float32), category_known=known_categories(every, labels))
         return model, result
 
     model, fitted = fitted_model(train_records, train_emb)
