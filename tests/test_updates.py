@@ -8,12 +8,27 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from config.clients import make_producer
+from config.settings import load_settings
 from models.predictor import Predictor
-from models.records import parse_record
+from models.records import (
+    REASON_INVALID_RECORD,
+    ClassificationResult,
+    CorenessResult,
+    CorenessScores,
+    ModelInfo,
+    RecordError,
+    parse_record,
+)
+from streaming.pipeline.dead_letters import DeadLetterWriter
+from streaming.pipeline.stages import SinkStopped
+from streaming.sinks.elasticsearch import BulkAnswerMismatch, ElasticsearchSink
+from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
     committed_offsets,
     es_docs,
@@ -23,9 +38,110 @@ from tests.helpers_stream import (
     sample_records,
     stream_settings,
     tiny_model_dir,
+    unique,
 )
+from tests.test_sink_failures import batch_of, sink_stage
 
 MIN_GAP, MAX_GAP = 64, 1_024
+MODEL = ModelInfo(name="demo", version="7", arch="bag")
+
+
+# ----------------------------------------------------------------------------- a record's own version
+
+MARCH = (datetime(2026, 3, 1, 12, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(("fields", "version"), [
+    ({}, None),
+    ({"updated": "2026-03-01T12:00:00+00:00"}, MARCH),
+    ({"_updated": "2026-03-01T13:00:00.000001+01:00"}, MARCH + 1),
+    ({"updated": "2026-03-01T12:00:00"}, MARCH),  # no zone: UTC
+    ({"updated": "2026-03-01T12:00:00Z", "version": "v9"}, MARCH),  # the update time first
+    ({"version": "v3"}, 3), ({"version": "3"}, 3), ({"version": 3}, 3),
+    ({"versions": [{"version": "v1", "created": "Mon, 2 Apr 2007"}, {"version": "v2"}]}, 2),
+    ({"versions": ["v4", "v1"]}, 4),
+])
+def test_a_record_carries_its_own_version(fields: dict, version: int | None) -> None:
+    flat = {"id": "2101.00001", "title": "T", "abstract": "A"}
+    inspire = {"control_number": 7, "titles": [{"title": "T"}]}
+    assert parse_record({**flat, **fields}).version == version
+    assert parse_record({**inspire, **fields}).version == version
+
+
+@pytest.mark.parametrize("fields", [
+    {"updated": "yesterday"}, {"updated": 1700000000}, {"_updated": ""}, {"version": "v"}, {"version": True},
+    {"version": -1}, {"versions": []}, {"versions": [{"created": "x"}]}, {"versions": "v1"},
+])
+def test_an_unreadable_version_is_invalid_input(fields: dict) -> None:
+    with pytest.raises(RecordError) as caught:
+        parse_record({"id": "x", "title": "T", **fields})
+    assert caught.value.reason == REASON_INVALID_RECORD and next(iter(fields)) in caught.value.message
+
+
+# ----------------------------------------------------------------------------- the Elasticsearch guard
+
+def result(record_id: str, label: str, version: int | None) -> ClassificationResult:
+    scores = {"core": 0.1, "non_core": 0.1, "rejected": 0.1} | {label: 0.8}
+    return ClassificationResult(id=record_id, model=MODEL, categories=[], record_version=version,
+                                coreness=CorenessResult(label=label, scores=CorenessScores(**scores)))
+
+
+def test_elasticsearch_never_overwrites_a_newer_version(es_url: str) -> None:
+    settings = load_settings(elasticsearch={"url": es_url, "index": unique("guard")})
+    sink = ElasticsearchSink(settings)
+
+    def held() -> dict:
+        return es_docs(es_url, settings.elasticsearch.index)["a"]["classification"]
+
+    assert sink.write([result("a", "core", 5)]) == []
+    assert sink.write([result("a", "rejected", 3)]) == []  # stale: a no-op, and a success (no dead letter)
+    assert (held()["coreness"]["label"], held()["record_version"]) == ("core", 5)
+    assert sink.write([result("a", "non_core", 3), result("b", "core", 1)]) == []  # in one bulk with a fresh one
+    assert (held()["coreness"]["label"], held()["record_version"]) == ("core", 5)
+    assert sink.write([result("a", "non_core", 5)]) == []  # the same version classified again: overwritten
+    assert held()["coreness"]["label"] == "non_core"
+    assert sink.write([result("a", "rejected", None)]) == []  # no version to compare: later in the stream wins
+    assert (held()["coreness"]["label"], held()["record_version"]) == ("rejected", None)
+    assert sink.write([result("a", "core", 2)]) == []
+    assert (held()["coreness"]["label"], held()["record_version"]) == ("core", 2)
+    sink.close()
+
+
+# ----------------------------------------------------------------------------- a bulk answer that miscounts
+
+@pytest.mark.parametrize("by", [-1, 1])
+def test_a_bulk_answer_with_another_item_count_is_never_counted_as_written(es_url: str, by: int) -> None:
+    with EsFaultProxy(es_url) as proxy:
+        sink = ElasticsearchSink(load_settings(elasticsearch={"url": proxy.url, "index": unique("miscount")}))
+        proxy.miscount_bulk(1, by)
+        with pytest.raises(BulkAnswerMismatch, match=f"answered {8 + by} items to a bulk request of 8 actions"):
+            sink.write([result(f"r{i}", "core", None) for i in range(8)])
+        assert sink.write([result(f"r{i}", "core", None) for i in range(8)]) == []  # answered right: written
+        sink.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_miscounted_bulk_answer_is_isolated_and_retried_by_the_unknown_error_rule(tansu, es_url: str) -> None:
+    with EsFaultProxy(es_url) as proxy:
+        settings = stream_settings(tansu.bootstrap, proxy.url)
+        topic, index = settings.kafka.input_topics[0], settings.elasticsearch.index
+        es = ElasticsearchSink(settings)
+        stage = sink_stage([es], DeadLetterWriter(make_producer(settings), settings), topic=topic)
+        results = [result(f"m{i}", "core", None) for i in range(16)]
+        proxy.miscount_bulk(1)  # once: the halves are answered right
+        stage.handle(batch_of(topic, results))
+        assert (stage.classified, stage.dead_lettered) == (16, 0)
+        assert proxy.count("_bulk") == 3 and set(es_docs(es_url, index)) == {r.id for r in results}
+
+        proxy.miscount_bulk(1_000)  # always: every record fails alone, the sink is broken
+        with pytest.raises(SinkStopped, match="failed on every record"):
+            stage.handle(batch_of(topic, [result(f"n{i}", "core", None) for i in range(4)]))
+        assert not set(es_docs(es_url, index)) - {r.id for r in results} - {f"n{i}" for i in range(4)}
+        assert stage.classified == 16
+
+
+# ----------------------------------------------------------------------------- end to end
 
 
 @dataclass
