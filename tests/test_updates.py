@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +30,7 @@ from models.records import (
 )
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.pipeline.stages import SinkStopped
+from streaming.sinks import JsonlSink
 from streaming.sinks.elasticsearch import BulkAnswerMismatch, ElasticsearchSink
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import (
@@ -37,8 +41,10 @@ from tests.helpers_stream import (
     running,
     sample_records,
     stream_settings,
+    subprocess_env,
     tiny_model_dir,
     unique,
+    wait_for,
 )
 from tests.test_sink_failures import batch_of, sink_stage
 
@@ -256,3 +262,92 @@ def test_newest_version_wins_in_every_sink(noida, es_url: str, tmp_path, max_in_
     docs = es_docs(es_url, settings.elasticsearch.index)
     held = {k: d["classification"]["record_version"] for k, d in docs.items()}
     assert all((held[k] is not None) == (int(k.rsplit("-", 1)[1]) % 2 == 0) for k in updates.v1)  # even: versioned
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_newest_version_wins_after_five_sigkills_and_replays(tansu, es_url: str, tmp_path) -> None:
+    # Tansu: noida-db never expires a killed member, so its group would not rebalance after a SIGKILL.
+    n = 1_500
+    updates = published_twice(n, prefix="kill")
+    jsonl = tmp_path / "results.jsonl"
+    settings = stream_settings(tansu.bootstrap, es_url, batch={"max_batch_records": 16, "max_wait_ms": 20},
+                               kafka={"max_poll_interval_ms": 10_000},
+                               sinks={"jsonl_path": str(jsonl), "max_in_flight": 4})
+    ends = produce(tansu.bootstrap, settings.kafka.input_topics[0], updates.messages)
+    env = subprocess_env(settings)
+    command = [sys.executable, "-m", "streaming.cli", "run"]
+
+    def lines() -> int:
+        return jsonl.read_bytes().count(b"\n") if jsonl.exists() else 0
+
+    for kill_after in (300, 800, 1_300, 1_800, 2_300):
+        log_path = tmp_path / f"run-{kill_after}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_for(lambda k=kill_after: lines() >= k, 90, f"{kill_after} JSONL lines (log: {log_path})",
+                     interval=0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    with (tmp_path / "run-final.log").open("w") as log:
+        final = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for(_ends_committed(settings, ends), 120, "all offsets committed after the restarts")
+    finally:
+        final.send_signal(signal.SIGTERM)
+        final.wait(60)
+    assert final.returncode == 0, (tmp_path / "run-final.log").read_text()[-3000:]
+    assert lines() > 2 * n  # the kills hit written work whose offsets were not committed yet: it was replayed
+    counts = sink_versions(updates, settings, es_url, jsonl)
+    print({sink: dict(count) for sink, count in counts.items()}, "JSONL lines", lines())
+    assert_newest_everywhere(counts, n)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_newest_version_wins_across_a_rebalance_between_two_members(noida, es_url: str, tmp_path) -> None:
+    n = 1_500
+    updates = published_twice(n, prefix="pair")
+    jsonl = tmp_path / "results.jsonl"  # one file for both members: its order is the order of their writes
+    settings = stream_settings(noida.bootstrap, es_url, batch={"max_batch_records": 16, "max_wait_ms": 20},
+                               sinks={"jsonl_path": str(jsonl), "max_in_flight": 4})
+    topic = settings.kafka.input_topics[0]
+    half = len(updates.messages) // 2
+    ends: dict[int, int] = {}
+
+    def state() -> str:
+        owned = [sorted(p.processor.ownership.partitions()) for p in (first, second)]
+        return f"owned {owned}, committed {committed_offsets(noida.bootstrap, settings.kafka.group_id, topic)}"
+
+    with running(settings) as first:
+        wait_for(lambda: len(first.processor.ownership.partitions()) == 3, 30, "the first member to own all")
+        ends = produce(noida.bootstrap, topic, updates.messages[:half])
+        with running(settings) as second:  # joins while the first is writing: a rebalance
+            wait_for(lambda: first.processor.ownership.partitions() and second.processor.ownership.partitions(),
+                     60, "both members to own partitions", detail=state)
+            ends |= produce(noida.bootstrap, topic, updates.messages[half:])  # later offsets, same partitions
+            wait_for(lambda: sum(committed_offsets(noida.bootstrap, settings.kafka.group_id, topic).values())
+                     >= half + 200, 90, "progress with two members", detail=state, interval=0.05)
+            before = sum(committed_offsets(noida.bootstrap, settings.kafka.group_id, topic).values())
+            first_stats = first.stop()  # leaves mid-stream: a second rebalance hands its partitions over
+            wait_for(lambda: len(second.processor.ownership.partitions()) == 3, 60, "the hand-over", detail=state)
+            wait_for(_ends_committed(settings, ends), 90, "all records committed", detail=state)
+        second_stats = second.stats
+    assert first_stats.classified > 0 and second_stats is not None and second_stats.classified > 0
+    assert first_stats.dead_lettered == second_stats.dead_lettered == 0 and before < 2 * n  # handed over mid-stream
+    counts = sink_versions(updates, settings, es_url, jsonl)
+    print({sink: dict(count) for sink, count in counts.items()})
+    assert_newest_everywhere(counts, n)
+
+
+def test_jsonl_sink_cuts_a_partial_last_line_left_by_a_kill(tmp_path) -> None:
+    path = tmp_path / "results.jsonl"
+    whole = result("a", "core", 1).model_dump_json()
+    path.write_text(whole + "\n" + whole[:25])  # killed half-way through a write
+    sink = JsonlSink(path)
+    assert sink.write([result("b", "rejected", None)]) == []
+    sink.close()
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b"]
