@@ -5,10 +5,12 @@ flight, after SIGKILLs and replays, and across a rebalance between two members."
 from __future__ import annotations
 
 import json
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +31,9 @@ from models.records import (
     parse_record,
 )
 from streaming.pipeline.dead_letters import DeadLetterWriter
-from streaming.pipeline.stages import SinkStopped
+from streaming.pipeline.envelope import Batch, Envelope
+from streaming.pipeline.offsets import Ownership
+from streaming.pipeline.stages import SinkStage, SinkStopped
 from streaming.sinks import JsonlSink
 from streaming.sinks.elasticsearch import BulkAnswerMismatch, ElasticsearchSink
 from tests.es_fault_proxy import EsFaultProxy
@@ -145,6 +149,70 @@ def test_a_miscounted_bulk_answer_is_isolated_and_retried_by_the_unknown_error_r
             stage.handle(batch_of(topic, [result(f"n{i}", "core", None) for i in range(4)]))
         assert not set(es_docs(es_url, index)) - {r.id for r in results} - {f"n{i}" for i in range(4)}
         assert stage.classified == 16
+
+
+# ----------------------------------------------------------------------------- ordering in the sink stage
+
+class GatedSink:
+    """Records the start and end of every write; the first write holding ``gate_id`` waits for ``release``."""
+
+    name, stores = "gated", True
+
+    def __init__(self, gate_id: str) -> None:
+        self.gate_id, self.release, self.calls = gate_id, threading.Event(), []
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def write(self, results):
+        ids = [r.id for r in results]
+        with self._lock:
+            gated = self.gate_id in ids and not self.started.is_set()
+            self.calls.append(("start", ids))
+        if gated:
+            self.started.set()
+            assert self.release.wait(30)
+        with self._lock:
+            self.calls.append(("end", ids))
+        return []
+
+    def check(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_write_waits_for_earlier_writes_of_the_same_id_and_only_for_those() -> None:
+    settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9"})  # no dead letters: never connects
+    sink, ownership = GatedSink("a"), Ownership()
+    ownership.assign([("in", 0)])
+    inbox, outbox = queue.Queue(), queue.Queue()
+    stage = SinkStage([sink], DeadLetterWriter(make_producer(settings), settings), ownership, backoff_s=0.1,
+                      max_backoff_s=0.5, dlq_timeout_s=5, max_dead_letter_bytes=1_000_000,
+                      on_outage=lambda down: None, group_records=1, max_in_flight=4, inbox=inbox, outbox=outbox,
+                      abort=threading.Event(), on_crash=print, on_progress=lambda: None)
+    offsets = iter(range(100))
+
+    def batch(seq: int, *ids: str) -> Batch:
+        return Batch(seq, [Envelope(topic="in", partition=0, offset=next(offsets), epoch=1, key=None, value=b"{}",
+                                    timestamp_s=None, result=result(i, "core", None)) for i in ids])
+
+    stage.start()
+    inbox.put(batch(1, "a", "b"))
+    assert sink.started.wait(10)
+    inbox.put(batch(2, "c", "d"))  # disjoint: written while the first write hangs
+    wait_for(lambda: ("end", ["c", "d"]) in sink.calls, 10, "the disjoint write")
+    inbox.put(batch(3, "x", "a", "a"))  # shares "a": waits for the first write; one write of "a" in it
+    wait_for(lambda: stage.writing([("in", 0)]) and len(stage._in_flight) == 3, 10, "the third write in flight")
+    assert ("start", ["x", "a"]) not in sink.calls
+    sink.release.set()
+    inbox.put(None)
+    done = [outbox.get(timeout=10) for _ in range(4)]
+    stage.join(10)
+    assert [b.seq for b in done[:3]] == [1, 2, 3] and done[3] is None  # passed on in order
+    assert sink.calls == [("start", ["a", "b"]), ("start", ["c", "d"]), ("end", ["c", "d"]), ("end", ["a", "b"]),
+                          ("start", ["x", "a"]), ("end", ["x", "a"])]
+    assert stage.classified == 7 and not stage.writing([("in", 0)])
 
 
 # ----------------------------------------------------------------------------- end to end
