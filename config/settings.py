@@ -213,7 +213,16 @@ class ApiSettings(Section):
     port: int = Field(8080, ge=0, le=65535)
     max_batch_records: int = Field(256, ge=1)
     max_body_bytes: int = Field(8_000_000, ge=1_000)  # larger request bodies get 413 before they are read
-    api_key: SecretStr | None = None  # when set, the predict endpoints require it in the X-API-Key header
+    # An oversized body up to this size is read and discarded, so that the client reads its 413 (larger ones get it
+    # at once and the connection is closed).
+    discard_body_bytes: int = Field(32_000_000, ge=0)
+    read_timeout_s: float = Field(30.0, gt=0)  # a request's head and body must arrive within this of its first byte
+    idle_timeout_s: float = Field(5.0, gt=0)  # a connection with no request in progress is closed after this
+    max_connections: int = Field(100, ge=1)  # a request while this many other connections are open gets 503
+    # Micro-batching of the API (the stream's batch.max_wait_ms is for throughput): a single request waits at
+    # most this long for others to join its batch; requests that queue behind a running batch always join.
+    max_wait_ms: int = Field(5, ge=0)
+    api_key: SecretStr | None = Field(None, min_length=4)  # when set, the predict endpoints require X-API-Key
     docs_enabled: bool = True  # /docs, /redoc and /openapi.json
     metrics_enabled: bool = True  # /metrics on the API port
 
