@@ -117,4 +117,3 @@ def test_empty_fields_get_an_answer_and_both_empty_the_documented_one(client: Te
     both_empty = answers[-1]
     again = client.post("/api/predict/coreness", json={"title": "", "abstract": ""}).json()
     assert again == both_empty  # defined: the model's answer for an empty text, every time
-
