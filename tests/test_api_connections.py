@@ -186,10 +186,15 @@ def test_a_slow_request_head_gets_408_and_is_closed(server: Server) -> None:
 
 
 def test_a_slow_request_body_gets_408_and_is_closed(server: Server) -> None:
+    before = len(server.log_lines())
     with server.connect() as sock:
         sock.sendall(predict_head(1_000) + b'{"records": [')
         answer = closed_within(sock, LIMITS["READ_TIMEOUT_S"] + TIMEOUT_MARGIN_S)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    time.sleep(0.5)
+    logged = [line for line in server.log_lines()[before:] if line["logger"] != "uvicorn.access"]
+    assert [(line["level"], line["msg"]) for line in logged] == [
+        ("WARNING", "closing a connection whose request did not arrive in time")]
 
 
 def test_connections_above_the_cap_get_503_until_others_close(server: Server) -> None:

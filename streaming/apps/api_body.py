@@ -30,6 +30,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streaming.apps.api_server import READ_TIMED_OUT
+
 log = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
@@ -143,8 +145,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, _: ClientDisconnect) -> Response:
-        log.warning("the client hung up before sending the whole request body",
-                    extra={"method": request.method, "path": request.url.path})
+        if not getattr(request.state, READ_TIMED_OUT, False):  # else the server's read timeout logged it
+            log.warning("the client hung up before sending the whole request body",
+                        extra={"method": request.method, "path": request.url.path})
         return Response(status_code=400)  # nobody reads it
 
     @app.exception_handler(RequestValidationError)

@@ -25,6 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from config.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+READ_TIMED_OUT = "read_timed_out"  # request state key: the server cut this request off (not the client)
 
 _TIMEOUT_BODY = b'{"detail": "the request did not arrive within api.read_timeout_s"}'
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -72,6 +73,9 @@ def guarded_protocol(api: ApiSettings) -> type[H11Protocol]:
             if self.transport.is_closing():
                 return
             answered = self.cycle is not None and self.cycle.response_started
+            if self.cycle is not None and not self.cycle.response_complete:
+                # The app now sees a disconnect: this line is the one that reports it (api_body.client_gone).
+                self.cycle.scope.setdefault("state", {})[READ_TIMED_OUT] = True
             log.warning("closing a connection whose request did not arrive in time",
                         extra={"client": _client(self.client), "read_timeout_s": self.read_timeout_s,
                                "state": self.conn.their_state.__name__})
