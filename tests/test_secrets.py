@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
+from config.cli import CommandError, run_cli
 from config.clients import admin_config, consumer_config, producer_config
 from config.logging import JsonFormatter, mask
 from config.secrets import KAFKA_SECRET_OPTIONS
@@ -164,3 +166,20 @@ def test_api_and_metrics_bind_loopback_unless_configured() -> None:
     assert defaults.api.api_key is None and defaults.api.docs_enabled is True
     assert environment("api")["CORESTREAM_API__HOST"] == "0.0.0.0"  # compose publishes the API port
     assert environment("processor")["CORESTREAM_METRICS__HOST"] == "0.0.0.0"  # Prometheus scrapes it
+
+
+def test_command_errors_mask_url_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(args: argparse.Namespace, settings: Settings) -> int:
+        raise CommandError("cannot load registry://m@prod from http://minio-ak:cli-pw-10@minio:9000")
+
+    parser = argparse.ArgumentParser(prog="corestream")
+    parser.set_defaults(func=fail)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert run_cli(parser, []) == 2  # (it sets up logging: restored below)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    assert "cli-pw-10" not in err and "minio-ak" not in err
+    assert "registry://m@prod from http://***@minio:9000" in err
