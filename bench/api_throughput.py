@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint directory (default: a bag model trained on the sample)")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--max-wait-ms", type=int, default=5, help="batch.max_wait_ms of the server")
+    parser.add_argument("--max-wait-ms", type=int, default=5, help="api.max_wait_ms of the server (its default: 5)")
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -64,7 +64,7 @@ def main() -> None:
                                 epochs=2, progress=False, device="cpu"))
     port = free_port()
     env = {**os.environ, "CORESTREAM_MODEL__DEVICE": "cpu", "CORESTREAM_MODEL__RELOAD_INTERVAL_S": "0",
-           "CORESTREAM_BATCH__MAX_WAIT_MS": str(args.max_wait_ms), "CORESTREAM_LOG_LEVEL": "WARNING"}
+           "CORESTREAM_API__MAX_WAIT_MS": str(args.max_wait_ms), "CORESTREAM_LOG_LEVEL": "WARNING"}
     server = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--model", model, "--host",
                                "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT)
     try:
@@ -72,7 +72,7 @@ def main() -> None:
         wait_for_http(base + "/api/v1/health", timeout=120)
         records = [{"id": str(i), "title": r["title"], "abstract": r["abstract"]}
                    for i, r in enumerate(generate_sample(args.requests, seed=3))]
-        print(f"model {model}, {os.cpu_count()} CPUs, batch.max_wait_ms={args.max_wait_ms}")
+        print(f"model {model}, {os.cpu_count()} CPUs, api.max_wait_ms={args.max_wait_ms}")
         print(f"{'request':>10} {'clients':>7} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
         for size in (1, 32):
             bodies = [{"records": records[i:i + size]} for i in range(0, len(records), size)]

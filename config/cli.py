@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from config.logging import setup_logging
+from config.logging import mask, setup_logging
 from config.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
         setup_logging(settings.log_level, settings.log_format)
         result = args.func(args, settings)
     except (SettingsError, CommandError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {mask(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

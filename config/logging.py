@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object a line (or plain text), fields from ``extra=``, secrets masked."""
+"""Structured logging: one JSON object a line (or plain text), fields from ``extra=``, secrets masked
+(:mod:`config.secrets`), no terminal colour codes."""
 
 from __future__ import annotations
 
@@ -8,24 +9,21 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from config.secrets import hide_value, is_secret_name, mask
+
+__all__ = ["JsonFormatter", "TextFormatter", "hide_value", "mask", "setup_logging"]
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Fields that never go into a line: uvicorn's ``color_message`` repeats ``msg`` with ANSI colour codes.
+_DROPPED = {"color_message"}
 _SECRET_KEYS = re.compile(r"password|secret|api_key|apikey|token|authorization|credential|private", re.IGNORECASE)
-# Any user-info: everything from ``scheme://`` to the last "@" before the next whitespace, so passwords holding
-# "@", "/" or ":" and token-only user-info are covered. ``registry://NAME@ENV`` holds no secret and is kept.
-_URL_CREDENTIALS = re.compile(r"(?<![\w+.-])(?!registry://)(?P<scheme>[a-z][a-z0-9+._-]*://)\S*@", re.IGNORECASE)
-
-
-def mask(text: str) -> str:
-    """Hide credentials embedded in URLs (``https://user:p@ss/w@host`` -> ``https://***@host``).
-
-    Errs on the side of hiding: a URL whose path holds an "@" loses the part before it too.
-    """
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _scrub(key: str, value: object) -> object:
-    """An extra field's value with secret-looking keys and URL credentials masked, nested values included."""
-    if _SECRET_KEYS.search(key):
+    """An extra field's value with secret keys (by name, and every Kafka secret option) and URL credentials
+    masked, nested values included."""
+    if _SECRET_KEYS.search(key) or is_secret_name(key):
         return "***"
     if isinstance(value, str):
         return mask(value)
@@ -44,15 +42,15 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": mask(record.getMessage()),
+            "msg": mask(_ANSI.sub("", record.getMessage())),
         }
         for key, value in vars(record).items():
-            if key in _STANDARD or key.startswith("_"):
+            if key in _STANDARD or key in _DROPPED or key.startswith("_"):
                 continue
             payload[key] = _scrub(key, value)
         if record.exc_info:
             payload["exc"] = mask(self.formatException(record.exc_info))
-        return json.dumps(payload, default=str)
+        return mask(json.dumps(payload, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -60,7 +58,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(super().format(record))
+        return mask(_ANSI.sub("", super().format(record)))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:

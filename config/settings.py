@@ -3,8 +3,10 @@
 Nested sections use ``__`` in variable names, e.g. ``CORESTREAM_KAFKA__BOOTSTRAP_SERVERS``.
 A YAML file is read from ``--config`` or ``CORESTREAM_CONFIG``; its keys mirror the sections below.
 Every value is validated; a bad one raises :class:`SettingsError` naming the setting and its variable (its
-value shown only as a short excerpt, and never for a secret). Secrets are ``SecretStr``: hidden in ``repr()``,
-``model_dump()`` and logs.
+value shown only as a short excerpt, and never for a secret). Secrets are ``SecretStr`` (the secret fields and
+every Kafka option librdkafka treats as sensitive, :data:`config.secrets.KAFKA_SECRET_OPTIONS`), and the
+user-info of any URL setting is masked: all hidden in ``repr()``, ``model_dump()``, errors and logs.
+``model_dump(context={REVEAL: True})`` keeps URL user-info (for re-validation; never log it).
 """
 
 from __future__ import annotations
@@ -15,15 +17,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
+
+from config.secrets import KAFKA_SECRET_OPTIONS, is_secret_name, mask
 
 ENV_PREFIX = "CORESTREAM_"
 CONFIG_ENV = "CORESTREAM_CONFIG"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
-# Setting (or Kafka option) names whose values are secrets.
-SECRET_NAME = re.compile(r"password|secret|token|api_key|apikey|credential|private", re.IGNORECASE)
+REVEAL = "reveal_secrets"  # serialization context key: keep URL user-info in model_dump()
 _SHOWN_CHARS = 40  # a bad value is shown in an error up to this many characters
 
 
@@ -31,10 +44,33 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names each bad setting."""
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with the user-info of every URL in it masked (strings, nested in mappings and lists)."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item) for item in value)
+    return value
+
+
 class Section(BaseModel):
-    """A settings section: unknown keys are errors (a misspelled YAML key must not be ignored silently)."""
+    """A settings section: unknown keys are errors (a misspelled YAML key must not be ignored silently).
+
+    URL user-info in any of its values is masked in ``repr()`` and ``model_dump()``; the values themselves are
+    unchanged (clients get the real URL)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, _masked(value)
+
+    @model_serializer(mode="wrap")
+    def _mask_urls(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        return data if (info.context or {}).get(REVEAL) else _masked(data)
 
 
 class KafkaSettings(Section):
@@ -49,14 +85,16 @@ class KafkaSettings(Section):
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     partition_assignment_strategy: str = "range"
-    # Passed verbatim to librdkafka (security.protocol, sasl.*, ...); options whose names look secret
-    # (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ...) are kept as SecretStr.
+    # Passed verbatim to librdkafka (security.protocol, sasl.*, ...); the options librdkafka treats as
+    # sensitive (config.secrets.KAFKA_SECRET_OPTIONS: sasl.username/password, ssl.key.pem, ...) and any value
+    # holding URL user-info are SecretStr.
     extra: dict[str, str | SecretStr] = Field(default_factory=dict)
 
     @field_validator("extra")
     @classmethod
     def _hide_secret_options(cls, extra: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
-        return {key: SecretStr(value) if isinstance(value, str) and SECRET_NAME.search(key) else value
+        return {key: SecretStr(value) if isinstance(value, str) and (key in KAFKA_SECRET_OPTIONS or
+                                                                     mask(value) != value) else value
                 for key, value in extra.items()}
 
     def client_options(self) -> dict[str, str]:
@@ -175,7 +213,16 @@ class ApiSettings(Section):
     port: int = Field(8080, ge=0, le=65535)
     max_batch_records: int = Field(256, ge=1)
     max_body_bytes: int = Field(8_000_000, ge=1_000)  # larger request bodies get 413 before they are read
-    api_key: SecretStr | None = None  # when set, the predict endpoints require it in the X-API-Key header
+    # An oversized body up to this size is read and discarded, so that the client reads its 413 (larger ones get it
+    # at once and the connection is closed).
+    discard_body_bytes: int = Field(32_000_000, ge=0)
+    read_timeout_s: float = Field(30.0, gt=0)  # a request's head and body must arrive within this of its first byte
+    idle_timeout_s: float = Field(5.0, gt=0)  # a connection with no request in progress is closed after this
+    max_connections: int = Field(100, ge=1)  # a request while this many other connections are open gets 503
+    # Micro-batching of the API (the stream's batch.max_wait_ms is for throughput): a single request waits at
+    # most this long for others to join its batch; requests that queue behind a running batch always join.
+    max_wait_ms: int = Field(5, ge=0)
+    api_key: SecretStr | None = Field(None, min_length=4)  # when set, the predict endpoints require X-API-Key
     docs_enabled: bool = True  # /docs, /redoc and /openapi.json
     metrics_enabled: bool = True  # /metrics on the API port
 
@@ -246,10 +293,11 @@ def format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def _shown_input(loc: tuple[Any, ...], value: Any) -> str:
-    """A bad value for an error message: ``***`` for a secret, else its repr cut to a short excerpt."""
-    if any(SECRET_NAME.search(str(part)) for part in loc):
+    """A bad value for an error message: ``***`` for a secret, else its repr (URL user-info masked) cut to a
+    short excerpt."""
+    if any(is_secret_name(str(part)) for part in loc):
         return "***"
-    text = repr(value)
+    text = mask(repr(value))
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
@@ -277,7 +325,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     try:
         settings = Settings(**data)
         if overrides:
-            settings = _ResolvedSettings(**_deep_merge(settings.model_dump(), overrides))
+            settings = _ResolvedSettings(**_deep_merge(settings.model_dump(context={REVEAL: True}), overrides))
     except ValidationError as exc:
         raise SettingsError(format_validation_error(exc, source)) from None
     except EnvParseError as exc:  # a list or mapping variable that is not JSON

@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from config.settings import Settings
+from models.records import Record
 from streaming.apps.api import create_app
 from tests.servers import free_port, wait_for_http
 from trainer.train import train_model
@@ -116,8 +117,36 @@ def test_classic_inspire_coreness_endpoint(client: TestClient) -> None:
     assert body["prediction"] == max(body["scores"], key=body["scores"].get)
     same = client.post("/api/v1/predict", json={"records": [{**FLAT, "id": "request"}]}).json()["results"][0]
     assert same["coreness"]["scores"] == pytest.approx(body["scores"])
-    assert client.post("/api/predict/coreness", json={"title": "only a title"}).status_code == 422
-    assert client.post("/api/predict/coreness", json={"title": " ", "abstract": ""}).status_code == 422
+    assert client.post("/api/predict/coreness", json={"title": "only a title"}).status_code == 422  # no abstract key
+
+
+def test_classic_endpoint_answers_empty_text_with_the_models_empty_text_prediction(client: TestClient) -> None:
+    """INSPIRE's client sends "" for a missing field and raises on 4xx: the classic service answered 200."""
+    predictor = client.app.state.model_source.current()
+    (expected,) = predictor.predict_batch([Record(id="request", title="", abstract="")])
+    for body in ({"title": "", "abstract": ""}, {"title": " ", "abstract": "\n\t"}):
+        response = client.post("/api/predict/coreness", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"prediction": expected.coreness.label,
+                                   "scores": pytest.approx(expected.coreness.scores.model_dump())}
+    form = client.post("/api/predict/coreness", data={"title": "", "abstract": ""})
+    assert form.status_code == 200 and form.json()["prediction"] == expected.coreness.label
+    # The batch endpoint keeps its validation: an empty record is an error there.
+    empty = client.post("/api/v1/predict", json={"records": [{"id": "e", "title": "", "abstract": ""}]})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "records", 0]
+
+
+def test_classic_endpoint_reads_a_json_body_sent_as_a_form(client: TestClient) -> None:
+    """``curl -d '{...}'`` labels JSON as a form; a body that is a JSON object is read as JSON."""
+    text = json.dumps({"title": FLAT["title"], "abstract": FLAT["abstract"]})
+    as_json = client.post("/api/predict/coreness", json=json.loads(text)).json()
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+        response = client.post("/api/predict/coreness", content=text.encode(), headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == as_json
+    wrong = client.post("/api/predict/coreness", data={"titel": "t", "abstract": "a"})
+    assert wrong.status_code == 422
+    assert "read as application/x-www-form-urlencoded" in wrong.json()["detail"][0]["msg"]
 
 
 def test_health_reports_model_and_device(client: TestClient, checkpoint: Path) -> None:

@@ -118,3 +118,15 @@ def test_a_command_logs_json_to_stderr() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     (line,) = json_lines(result.stderr)
     assert line["msg"] == "shown" and line["batch_id"] == 7
+
+
+def test_uvicorn_lines_carry_no_colour_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn adds ``color_message`` (its message with ANSI codes) to its records: JSON lines stay plain."""
+    for fmt in ("json", "text"):
+        setup_logging("INFO", fmt)
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 42, extra={
+            "color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+        logging.getLogger("uvicorn.error").info("\x1b[32mUvicorn running\x1b[0m on %s", "http://127.0.0.1:8080")
+        output = capsys.readouterr().err
+        assert "\x1b" not in output and "\\u001b" not in output and "color_message" not in output, output
+        assert "Started server process [42]" in output and "Uvicorn running on http://127.0.0.1:8080" in output

@@ -3,18 +3,24 @@
 * ``POST /api/v1/predict``: ``{"records": [record, ...]}`` of either record shape -> ``{"results": [...]}``.
 * ``POST /api/predict/coreness``: the classic INSPIRE classifier call, ``{"title", "abstract"}`` as JSON or
   form-encoded -> ``{"prediction": "core"|"non_core"|"rejected", "scores": {"core", "non_core", "rejected"}}``.
+  Both fields empty (INSPIRE's client sends "" for a missing one) is not an error here, as in the classic service:
+  the answer is the model's own prediction for an empty text (for the linear model its bias terms, i.e. close to
+  the training prior). A form-typed body that is a JSON object (``curl -d '{...}'``) is read as JSON.
 * ``GET /api/v1/health``: model loaded, name/version/arch, device (an error class, never the error's text);
   ``GET /api/health``: the classic service's ``{"status": "ok"}``.
 * ``GET /metrics``: Prometheus metrics (``streaming.observability.metrics.REGISTRY``; off with ``api.metrics_enabled``).
 
-Limits: bodies above ``api.max_body_bytes`` get 413 before they are read, more than ``api.max_batch_records``
-records get 413 while the body is parsed; error bodies never echo more than a short excerpt of the input
-(:mod:`streaming.apps.api_body`). With ``api.api_key`` set the predict endpoints require an ``X-API-Key`` header;
-``api.docs_enabled: false`` removes ``/docs``, ``/redoc`` and ``/openapi.json``.
+Limits: bodies above ``api.max_body_bytes`` get 413 (the client can read it: the rest of the body is dropped up
+to ``api.discard_body_bytes``), more than ``api.max_batch_records`` records get 413 while the body is parsed;
+error bodies never echo more than a short excerpt of the input (:mod:`streaming.apps.api_body`). With
+``api.api_key`` set the predict endpoints require an ``X-API-Key`` header; ``api.docs_enabled: false`` removes
+``/docs``, ``/redoc`` and ``/openapi.json``.
 
 Records of concurrent requests are coalesced into micro-batches (:class:`streaming.pipeline.batcher.MicroBatcher`)
-by one worker thread that also runs inference, so the event loop never blocks on the model.
-``corestream serve`` runs it with uvicorn.
+by one worker thread that also runs inference, so the event loop never blocks on the model; a batch waits at most
+``api.max_wait_ms`` (5 ms) for more requests, not the stream's ``batch.max_wait_ms``.
+``corestream serve`` runs it with uvicorn, with read and idle timeouts and a connection cap
+(:mod:`streaming.apps.api_server`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from config.cli import CommandError
+from config.logging import hide_value
 from config.settings import BatchSettings, Settings
 from models.intake import estimate_tokens, parse_input, skipped_source
 from models.model_source import ModelLoadError, ModelSource
@@ -62,6 +69,7 @@ from streaming.apps.api_body import (
     require_type,
     validated,
 )
+from streaming.apps.api_server import AccessLogFilter, uvicorn_options
 from streaming.observability.metrics import MODEL_METRICS, REGISTRY
 from streaming.pipeline.batcher import MicroBatcher
 
@@ -221,9 +229,9 @@ class InferenceBatcher:
 
 def create_app(settings: Settings, model_source: ModelSource | None = None) -> FastAPI:
     """The API app; the model is loaded on first use (``corestream serve`` loads it before listening)."""
-    source = model_source or ModelSource(settings, hooks=MODEL_METRICS)
-    batcher = InferenceBatcher(source, settings.batch)
     api = settings.api
+    source = model_source or ModelSource(settings, hooks=MODEL_METRICS)
+    batcher = InferenceBatcher(source, settings.batch.model_copy(update={"max_wait_ms": api.max_wait_ms}))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -242,7 +250,7 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings, app.state.model_source, app.state.batcher = settings, source, batcher
-    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, discard_bytes=api.discard_body_bytes)
     add_error_handlers(app)
 
     def parse(records: list[dict[str, Any]]) -> list[Record]:
@@ -301,16 +309,23 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
               tags=["inspire-classifier"], openapi_extra=body_schema(CorenessRequest, JSON_TYPES + FORM_TYPES),
               **guarded)
     async def predict_coreness(request: Request) -> CorenessResponse:
-        """Drop-in for the INSPIRE classifier's coreness endpoint (JSON or form-encoded title and abstract)."""
-        if require_type(request, JSON_TYPES + FORM_TYPES) in FORM_TYPES:
-            data = await form_fields(request)
+        """Drop-in for the INSPIRE classifier's coreness endpoint (JSON or form-encoded title and abstract).
+
+        Both fields empty: 200 with the model's prediction for an empty text (the classic service accepted it)."""
+        media = require_type(request, JSON_TYPES + FORM_TYPES)
+        raw = await request.body()
+        if media in FORM_TYPES and not (media == FORM_TYPES[0] and _json_object(raw)):
+            body = _read_as(media, CorenessRequest, await form_fields(request))
         else:
-            data = parse_json(await request.body())
-        body = validated(CorenessRequest, data)
-        try:
-            record = parse_input({"id": "request", "title": body.title, "abstract": body.abstract}, settings.records)
-        except RecordError as exc:
-            raise HTTPException(422, [{"loc": ["body"], "type": exc.reason, "msg": exc.message}]) from None
+            body = validated(CorenessRequest, parse_json(raw))
+        if not body.title.strip() and not body.abstract.strip():
+            record = Record(id="request", title="", abstract="")  # the documented empty-text answer
+        else:
+            try:
+                record = parse_input({"id": "request", "title": body.title, "abstract": body.abstract},
+                                     settings.records)
+            except RecordError as exc:
+                raise HTTPException(422, [{"loc": ["body"], "type": exc.reason, "msg": exc.message}]) from None
         (result,) = await classify([record])
         return CorenessResponse(prediction=result.coreness.label, scores=result.coreness.scores)
 
@@ -343,6 +358,26 @@ def create_app(settings: Settings, model_source: ModelSource | None = None) -> F
             return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _read_as(media: str, model: type[BaseModel], data: dict[str, str]) -> Any:
+    """``data`` validated as ``model``; a 422 says which content type the body was read as."""
+    try:
+        return validated(model, data)
+    except HTTPException as exc:
+        for error in exc.detail:
+            error["msg"] = f"{error['msg']} (the body was read as {media}, from its Content-Type)"
+        raise
+
+
+def _json_object(raw: bytes) -> bool:
+    """Is a form-typed body really a JSON object (``curl -d '{"title": ...}'`` sends one as a form)?"""
+    if not raw.lstrip().startswith(b"{"):
+        return False
+    try:
+        return isinstance(parse_json(raw), dict)
+    except HTTPException:
+        return False
 
 
 def _api_key_check(expected: str) -> Any:
@@ -381,11 +416,17 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     except ModelLoadError as exc:
         raise CommandError(str(exc)) from None
     source.start_reloading()
-    host, port = args.host or settings.api.host, args.port if args.port is not None else settings.api.port
-    log.info("serving the predict API", extra={"host": host, "port": port, "model": predictor.info.name,
-                                                "version": predictor.info.version, "device": predictor.device})
+    api = settings.api
+    if api.api_key is not None:
+        hide_value(api.api_key.get_secret_value())  # never in a log line, wherever a client puts it
+    logging.getLogger("uvicorn.access").addFilter(AccessLogFilter())
+    host, port = args.host or api.host, args.port if args.port is not None else api.port
+    log.info("serving the predict API", extra={
+        "host": host, "port": port, "model": predictor.info.name, "version": predictor.info.version,
+        "device": predictor.device, "read_timeout_s": api.read_timeout_s, "idle_timeout_s": api.idle_timeout_s,
+        "max_connections": api.max_connections, "max_wait_ms": api.max_wait_ms})
     try:
-        uvicorn.run(create_app(settings, source), host=host, port=port, log_config=None)
+        uvicorn.run(create_app(settings, source), host=host, port=port, **uvicorn_options(api))
     finally:
         source.stop()
     return 0

@@ -1,12 +1,15 @@
 """Request bodies and error bodies of the predict API, handled defensively.
 
-* :class:`BodyLimitMiddleware`: a body above ``api.max_body_bytes`` gets 413 before it is read (from its
-  Content-Length) or as soon as the streamed bytes pass the limit (chunked bodies); nothing is echoed.
+* :class:`BodyLimitMiddleware`: a body above ``api.max_body_bytes`` gets 413, from its Content-Length before the
+  app runs or as soon as the streamed bytes pass the limit (chunked bodies); nothing is echoed. The rest of such a
+  body, up to ``api.discard_body_bytes``, is read and dropped first, so that a client still sending reads the 413
+  instead of a connection reset (a client waiting on ``Expect: 100-continue`` gets it at once).
 * :func:`parse_json`: strict UTF-8, strict JSON (no NaN/Infinity, no lone surrogates in keys, no numbers that
   overflow, bounded nesting); the ``records`` array of a predict body is parsed one element at a time and
   refused with 413 as soon as it holds more than the record limit, so an oversize batch is never parsed whole.
 * :func:`safe_json`: what an error body may hold: short excerpts only, always valid JSON; the FastAPI error
-  handlers, content-type check, form reading and OpenAPI body schema of endpoints that read their own body.
+  handlers (a client that hangs up mid-body is one WARNING line, no traceback), content-type check, form reading
+  and OpenAPI body schema of endpoints that read their own body.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streaming.apps.api_server import READ_TIMED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +54,28 @@ class TooManyRecords(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies above ``max_bytes`` with 413: by Content-Length before reading, else while streaming."""
+    """Refuse bodies above ``max_bytes`` with 413 (by Content-Length before reading, else while streaming), after
+    reading and dropping the rest of the body up to ``discard_bytes``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, discard_bytes: int = 0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.discard_bytes = discard_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.max_bytes):
-            error = BodyTooLarge(self.max_bytes) if declared.strip().isdigit() else \
-                HTTPException(400, "invalid Content-Length header", headers={"Connection": "close"})
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and not declared.strip().isdigit():
+            error = HTTPException(400, "invalid Content-Length header", headers={"Connection": "close"})
             await error_response(error)(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
+            if int(declared) <= self.discard_bytes and headers.get(b"expect", b"").lower() != b"100-continue":
+                await _discard(receive, int(declared))
+            await error_response(BodyTooLarge(self.max_bytes))(scope, receive, send)
             return
         received = 0
 
@@ -72,10 +85,22 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _discard(receive, self.discard_bytes - received)
                     raise BodyTooLarge(self.max_bytes)  # rendered by the app's HTTPException handler
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def _discard(receive: Receive, limit: int) -> None:
+    """Read and drop request body messages until the body ends, the client leaves, or ``limit`` bytes."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        dropped += len(message.get("body", b""))
 
 
 def error_response(exc: HTTPException) -> JSONResponse:
@@ -117,6 +142,13 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        if not getattr(request.state, READ_TIMED_OUT, False):  # else the server's read timeout logged it
+            log.warning("the client hung up before sending the whole request body",
+                        extra={"method": request.method, "path": request.url.path})
+        return Response(status_code=400)  # nobody reads it
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
