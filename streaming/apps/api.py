@@ -43,6 +43,7 @@ from config.cli import CommandError
 from config.settings import BatchSettings, Settings
 from models.intake import estimate_tokens, parse_input, skipped_source
 from models.model_source import ModelLoadError, ModelSource
+from models.provenance import generated_sample_warning
 from models.records import (
     ClassificationResult,
     CorenessLabel,
@@ -380,6 +381,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         predictor = source.load()
     except ModelLoadError as exc:
         raise CommandError(str(exc)) from None
+    if warning := generated_sample_warning(predictor.config):
+        log.warning(warning)
     source.start_reloading()
     host, port = args.host or settings.api.host, args.port if args.port is not None else settings.api.port
     log.info("serving the predict API", extra={"host": host, "port": port, "model": predictor.info.name,
