@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.provenance import GENERATED_SAMPLE
 from models.records import Record
 
 LIMITS = [
@@ -35,7 +36,8 @@ def model_card(data: Any, extra_train: Sequence[str | Path], train: Sequence[Rec
                metrics: dict[str, Any], split: str, refit: bool = False) -> dict[str, Any]:
     """What data, which labels, metrics on the time-later slice and on held-out real labels, known limits.
     ``refit``: the saved model was trained again on training + validation records after thresholds were tuned."""
-    source = str(data) if isinstance(data, str | Path) else "generated sample" if data is None else "in-memory"
+    source = (str(data) if isinstance(data, str | Path) else GENERATED_SAMPLE if data is None
+              else getattr(data, "source", "in-memory"))  # a list of records may name where it came from
     card: dict[str, Any] = {
         "data": {"source": source, "train_records": len(train), "train_dates": _dates(train),
                  "valid_records": len(valid), "valid_dates": _dates(valid),

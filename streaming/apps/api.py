@@ -50,6 +50,7 @@ from config.logging import hide_value
 from config.settings import BatchSettings, Settings
 from models.intake import estimate_tokens, parse_input, skipped_source
 from models.model_source import ModelLoadError, ModelSource
+from models.provenance import generated_sample_warning
 from models.records import (
     ClassificationResult,
     CorenessLabel,
@@ -415,6 +416,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         predictor = source.load()
     except ModelLoadError as exc:
         raise CommandError(str(exc)) from None
+    if warning := generated_sample_warning(predictor.config):
+        log.warning(warning)
     source.start_reloading()
     api = settings.api
     if api.api_key is not None:

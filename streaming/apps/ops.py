@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from tqdm import tqdm
 
 from config.cli import CommandError
 from config.clients import make_producer
-from config.settings import Settings
+from config.settings import ModelSettings, Settings
+from models.provenance import generated_sample_warning
 from models.record_files import numbered_lines, open_text
 from models.records import RecordError, parse_record
 from streaming.kafka import create_topics, produce, topic_names
@@ -137,6 +139,8 @@ def _classify_command(args: argparse.Namespace, settings: Settings) -> int:
         predictor = ModelSource(settings).load()
     except (ModelLoadError, OSError, ValueError) as exc:
         raise CommandError(f"cannot load model {settings.model.model!r}: {exc}") from None
+    if warning := generated_sample_warning(predictor.config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(predictor.predict_batch([record])[0].model_dump_json(indent=2))
     return 0
 
@@ -165,11 +169,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_produce_command)
 
     p = subparsers.add_parser("classify", help="classify one record and print the result JSON",
-                              description="One-off classification with the model from settings (model.model) "
-                                          "or --model.")
+                              description="One-off classification with the model from settings (model.model, "
+                                          "CORESTREAM_MODEL__MODEL) or --model. Warns on stderr when the model was "
+                                          "trained on the generated sample.")
     p.add_argument("title")
     p.add_argument("abstract")
-    p.add_argument("--model", help="checkpoint directory or registry://NAME@ENV (default: model.model)")
+    p.add_argument("--model", help="checkpoint directory or registry://NAME@ENV (default: setting model.model, "
+                                   f"built in: {ModelSettings.model_fields['model'].default}, the demo's model)")
     p.add_argument("--id", default="cli", help="record id in the output (default: %(default)s)")
     p.set_defaults(func=_classify_command)
 

@@ -1,0 +1,84 @@
+"""A model trained on the generated sample says so: in its model card, in ``classify`` and in ``serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.checkpoint import read_checkpoint_config
+from models.provenance import GENERATED_SAMPLE, generated_sample_warning, training_source
+from models.records import ClassificationResult
+from streaming.apps.embedded import free_port
+from streaming.cli import main
+from tests.servers import wait_for_http
+from trainer.sample import generate_sample, write_sample
+from trainer.train import train_model
+
+TITLE = "Hilbert schemes of points on surfaces"
+ABSTRACT = "We compute the cohomology ring of the Hilbert scheme of points on a smooth projective surface."
+
+
+@pytest.fixture(scope="module")
+def sample_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prov") / "sample-model"
+    return train_model(None, arch="bag", output_dir=out, sample_count=300, epochs=1, progress=False,
+                       name="demo-like", version="1", device="cpu")
+
+
+def test_the_card_names_the_training_data(sample_model: Path, tmp_path: Path) -> None:
+    config = read_checkpoint_config(sample_model)
+    assert training_source(config) == GENERATED_SAMPLE
+    warning = generated_sample_warning(config)
+    assert warning is not None and "demo-like@1 was trained on the generated sample" in warning
+
+    data = write_sample(tmp_path / "papers.jsonl", 200, seed=3)
+    from_file = read_checkpoint_config(train_model(data, arch="bag", output_dir=tmp_path / "file", epochs=1,
+                                                   progress=False, device="cpu"))
+    assert training_source(from_file) == str(data) and generated_sample_warning(from_file) is None
+
+    class Named(list):
+        source = "papers.jsonl (the 200 oldest)"
+
+    named = read_checkpoint_config(train_model(Named(generate_sample(200, seed=4)), arch="bag", epochs=1,
+                                               output_dir=tmp_path / "named", progress=False, device="cpu"))
+    assert training_source(named) == "papers.jsonl (the 200 oldest)"
+    assert training_source({"name": "old", "version": "0"}) is None  # a checkpoint from before model cards
+
+
+def test_classify_warns_on_stderr_and_keeps_stdout_json(sample_model: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", TITLE, ABSTRACT, "--model", str(sample_model)]) == 0
+    captured = capsys.readouterr()
+    assert ClassificationResult.model_validate_json(captured.out).model.name == "demo-like"
+    assert "warning: model demo-like@1 was trained on the generated sample" in captured.err
+    assert "README.md" in captured.err
+
+
+def test_classify_help_shows_the_default_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["classify", "--help"])
+    assert "built in: artifacts/demo-model" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.timeout(120)
+def test_serve_logs_a_warning_at_start(sample_model: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaming.cli", "serve", "--model", str(sample_model), "--host", "127.0.0.1",
+         "--port", str(port)],
+        env={**os.environ, "CORESTREAM_MODEL__DEVICE": "cpu", "CORESTREAM_MODEL__RELOAD_INTERVAL_S": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/v1/health", timeout=60)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    warnings = [line["msg"] for line in lines if line.get("level") == "WARNING"]
+    assert any("demo-like@1 was trained on the generated sample" in msg for msg in warnings), stderr[-2000:]
