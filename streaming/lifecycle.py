@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import contextlib
 import logging
 import os
@@ -169,10 +170,12 @@ class Lifecycle:
 
 
 def _blocking_threads() -> list[threading.Thread]:
-    """Threads the interpreter would wait for at exit."""
-    main = threading.main_thread()
-    return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()
-            and t is not threading.current_thread()]
+    """Threads the interpreter would wait for at exit: non-daemon ones, and every ``ThreadPoolExecutor`` worker
+    (joined at exit by ``concurrent.futures`` even when daemonic, as the sink stage's writers are)."""
+    workers = set(getattr(concurrent.futures.thread, "_threads_queues", {}))
+    main, me = threading.main_thread(), threading.current_thread()
+    return [t for t in threading.enumerate()
+            if t is not main and t is not me and t.is_alive() and (not t.daemon or t in workers)]
 
 
 _current = Lifecycle()
