@@ -363,3 +363,21 @@ def test_log_level_after_the_command_decides_what_is_logged(capsys: pytest.Captu
     finally:
         del sys.modules["probe_commands"]
         root.handlers[:], root.level = handlers, level
+
+
+# ----------------------------------------------------------------------------- docker-compose
+
+
+def test_compose_restarts_a_stalled_processor_and_lets_a_stop_finish() -> None:
+    from tests.test_compose import SERVICES, environment
+
+    processor = SERVICES["processor"]
+    env = environment("processor")
+    defaults = Settings().batch
+    exit_after = float(env["CORESTREAM_BATCH__EXIT_AFTER_STALLED_S"])
+    assert exit_after > defaults.stalled_after_s  # /healthz red first, then the exit
+    assert processor["restart"] in ("unless-stopped", "always", "on-failure")  # an exit with status 3 restarts
+    assert "/healthz" in " ".join(processor["healthcheck"]["test"])
+    grace = processor["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > defaults.shutdown_timeout_s  # SIGKILL only after the stop
+    assert "CORESTREAM_BATCH__EXIT_AFTER_STALLED_S" not in environment("api")
