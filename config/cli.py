@@ -66,9 +66,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     """Parse, call ``before(args)`` if given, load settings, set up logging and call the chosen command's
     ``func(args, settings)``."""
     args = parser.parse_args(argv)
-    if before is not None:
-        before(args)
     try:
+        if before is not None:
+            before(args)
         settings = settings_from_args(args)
         setup_logging(settings.log_level, settings.log_format)
         result = args.func(args, settings)

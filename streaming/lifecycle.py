@@ -87,7 +87,7 @@ class Lifecycle:
                 self.abort()
             return
         self.request_stop(f"signal {name}")
-        if self._phase == "starting":
+        if self._phase == "starting" and self._signals == 1:  # a second one must not break the clean-up
             raise StartupInterrupted(name)
 
     # ------------------------------------------------------------------ phases
