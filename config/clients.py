@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from config.kafka_events import client_callbacks
 from config.settings import ElasticsearchSettings, Settings
 
 if TYPE_CHECKING:
@@ -16,15 +17,17 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
 
-def _base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers}
+def _base_config(settings: Settings, *, stats: bool = False) -> dict[str, Any]:
+    """Where the brokers are; the client's log lines and errors go to corestream's log, throttled
+    (:mod:`config.kafka_events`)."""
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **client_callbacks(stats=stats)}
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Consumer settings for at-least-once processing: offsets are stored and committed by the processor only."""
     kafka = settings.kafka
     config = {
-        **_base_config(settings),
+        **_base_config(settings, stats=True),
         "group.id": kafka.group_id,
         "session.timeout.ms": kafka.session_timeout_ms,
         "partition.assignment.strategy": kafka.partition_assignment_strategy,

@@ -153,8 +153,10 @@ class BatchSettings(Section):
     retry_backoff_s: float = Field(1.0, gt=0)  # first wait before retrying a batch whose sink is unavailable
     max_retry_backoff_s: float = Field(30.0, gt=0)
     revoke_wait_s: float = Field(5.0, ge=0)  # on revoke, wait this long for in-flight batches before abandoning
-    shutdown_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, finish and commit in-flight batches within this
+    shutdown_timeout_s: float = Field(30.0, ge=0)  # a stop (SIGTERM, a stall) is complete within this
     stalled_after_s: float = Field(300.0, gt=0)  # /healthz fails when work waits this long with no commit
+    # `corestream run` exits with status 3 (restart it) once stalled this long; None: never (docker-compose: 600).
+    exit_after_stalled_s: float | None = Field(None, gt=0)
 
 
 class ModelSettings(Section):

@@ -37,9 +37,12 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     admin = make_admin(settings)  # keep a reference: the futures fail if the client is destroyed
     futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
     created: list[str] = []
+    deadline = time.monotonic() + timeout
     for name, future in futures.items():
+        while not future.done() and time.monotonic() < deadline:
+            admin.poll(0.1)  # serves the client's log lines and errors (an unreachable broker: one line)
         try:
-            future.result(timeout)
+            future.result(max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise TimeoutError(f"no answer from Kafka at {kafka.bootstrap_servers} within {timeout:.0f}s "
                                f"while creating topic {name}; is the broker running?") from None

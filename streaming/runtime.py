@@ -8,13 +8,16 @@ they are wired and torn down the same way::
     with Runtime(settings).open() as runtime:
         stats = runtime.processor().run(stop)
 
-Closing stops the health server, closes the sinks, flushes the producer (``sinks.delivery_timeout_s``) and
-stops the model source's reload thread, in that order.
+Closing stops the health server, closes the sinks, flushes the producer (``sinks.delivery_timeout_s``, or less
+when the stop has a deadline) and stops the model source's reload thread, in that order. While open, a daemon
+thread serves the producer's events every second, so that its log lines and errors (a broker down) are reported
+and do not pile up while no sink writes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EVENTS_INTERVAL_S = 1.0
+
 
 class Runtime:
     """Model source, producer, sinks, dead-letter writer and health server of one processor; a context manager.
@@ -47,6 +52,7 @@ class Runtime:
         self.dead_letters: DeadLetterWriter | None = None
         self.health: HealthServer | None = None
         self._extra_sinks = list(extra_sinks)
+        self._closed = threading.Event()
 
     def open(self, *, load_model: bool = True) -> Runtime:
         """Build the clients; raises :class:`models.model_source.ModelLoadError` (bad model) or ``ValueError``
@@ -57,6 +63,7 @@ class Runtime:
             self.producer = make_producer(self.settings)
             self.sinks = [*build_sinks(self.settings, self.producer), *self._extra_sinks]
             self.dead_letters = DeadLetterWriter(self.producer, self.settings)
+            threading.Thread(target=self._serve_producer_events, name="producer-events", daemon=True).start()
         except BaseException:
             self.close()
             raise
@@ -76,8 +83,18 @@ class Runtime:
                                        **probes).start()
         return self.health
 
-    def close(self) -> None:
-        """Stop the health server, close the sinks, flush the producer, stop the model source; idempotent."""
+    def _serve_producer_events(self) -> None:
+        """``poll(0)`` now and then: the producer's log lines, errors and stray delivery reports are served only by
+        a poll, and the sinks poll it only while they write."""
+        while not self._closed.wait(EVENTS_INTERVAL_S):
+            producer = self.producer
+            if producer is not None:
+                producer.poll(0)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop the health server, close the sinks, flush the producer (for at most ``timeout_s``, if given: the
+        time left before a stop deadline), stop the model source; idempotent."""
+        self._closed.set()
         if self.health is not None:
             self.health.stop()
             self.health = None
@@ -88,7 +105,8 @@ class Runtime:
                 log.warning("closing a sink failed", extra={"sink": sink.name, "error": str(exc)})
         self.sinks = []
         if self.producer is not None:
-            left = self.producer.flush(self.settings.sinks.delivery_timeout_s)
+            flush_s = self.settings.sinks.delivery_timeout_s
+            left = self.producer.flush(flush_s if timeout_s is None else min(flush_s, timeout_s))
             if left:
                 log.warning("producer closed with undelivered messages", extra={"messages": left})
             self.producer = None

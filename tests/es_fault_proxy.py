@@ -2,7 +2,8 @@
 
 Modes: pass-through (default), :meth:`EsFaultProxy.fail_next` (the next N matching requests get an error
 status), :meth:`~EsFaultProxy.fail_all` (every request gets an error status), :meth:`~EsFaultProxy.refuse`
-(stop listening and drop open connections: clients see "connection refused"), :meth:`~EsFaultProxy.heal`;
+(stop listening and drop open connections: clients see "connection refused"), :meth:`~EsFaultProxy.blackhole`
+(read every request, answer none: a server that hangs), :meth:`~EsFaultProxy.heal`;
 :meth:`~EsFaultProxy.miscount_bulk` (the next N bulk answers list one item fewer or more than were sent).
 """
 
@@ -39,6 +40,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         proxy = self.server.proxy
         proxy.last_headers = {key.lower(): value for key, value in self.headers.items()}
+        if proxy._hold(self.path):
+            self.close_connection = True  # healed: drop the connection, still without an answer
+            return
         fault = proxy._take_fault(self.command, self.path)
         if fault is not None:
             payload = json.dumps({"error": {"type": "injected_fault", "reason": f"fault proxy returned {fault}"},
@@ -102,6 +106,9 @@ class EsFaultProxy:
         self._miscount = 0
         self._miscount_by = -1
         self._connections: set[socket.socket] = set()
+        self._open = threading.Event()  # cleared while blackholed
+        self._open.set()
+        self.held: list[str] = []  # paths of the requests held unanswered
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -125,8 +132,13 @@ class EsFaultProxy:
         """Stop listening and close open connections, so clients get 'connection refused'."""
         self._stop_server()
 
+    def blackhole(self) -> None:
+        """Read every request and never answer it (until :meth:`heal`)."""
+        self._open.clear()
+
     def heal(self) -> None:
         """Back to pass-through (listening again on the same port if refused)."""
+        self._open.set()
         with self._lock:
             self._fail_next, self._fail_all_status, self._miscount = 0, None, 0
         if self._server is None:
@@ -144,6 +156,15 @@ class EsFaultProxy:
             return sum(1 for _, path, code in self.requests if match in path and status in (None, code))
 
     # ----------------------------------------------------------------- plumbing
+
+    def _hold(self, path: str) -> bool:
+        """While blackholed: keep the request unanswered until healed; True if it was held."""
+        if self._open.is_set():
+            return False
+        with self._lock:
+            self.held.append(path)
+        self._open.wait(600)
+        return True
 
     def _take_fault(self, method: str, path: str) -> int | None:
         with self._lock:

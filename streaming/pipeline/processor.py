@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from config.clients import make_consumer
+from config.kafka_events import KAFKA_EVENTS
 from config.settings import Settings
 from streaming.observability.metrics import (
     BATCH_RECORDS,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 60.0  # /healthz fails when the loop has not turned for this long
+CLOSE_RESERVE_S = 5.0  # of batch.shutdown_timeout_s, kept for closing the consumer and the clients
+STAGE_JOIN_S = 10.0
 LAG_INTERVAL_S = 2.0
 
 
@@ -99,6 +102,7 @@ class StreamProcessor:
         self._heartbeat = time.monotonic()
         self._lag_at = 0.0
         self._inference: InferenceStage | None = None
+        self._stop_by: float | None = None  # time.monotonic() by which a stop must be complete
         self._sink_stage: SinkStage | None = None
 
     # ------------------------------------------------------------------ public
@@ -139,8 +143,12 @@ class StreamProcessor:
         return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None,
                     "uncommitted_for_s": round(stalled_s, 3), "stalled_after_s": self.settings.batch.stalled_after_s}
 
+    def stalled_for(self) -> float:
+        """Seconds for which consumed work has waited with no commit, or the loop has not turned (the larger)."""
+        return max(self.committer.stalled_for(), time.monotonic() - self._heartbeat)
+
     def ready(self) -> tuple[bool, dict]:
-        """Readiness: partitions assigned, model loaded, every sink reachable."""
+        """Readiness: partitions assigned, model loaded, every sink reachable, not every Kafka broker down."""
         assigned = sorted(f"{t}[{p}]" for t, p in self.ownership.partitions())
         try:
             info = self.model_source.current().info
@@ -148,9 +156,11 @@ class StreamProcessor:
         except Exception as exc:  # noqa: BLE001 - not loaded is "not ready"
             model = None
             log.debug("model not ready", extra={"error": str(exc)})
-        sinks = {sink.name: bool(sink.check()) for sink in self.sinks}
-        ok = bool(assigned) and model is not None and all(sinks.values())
-        return ok, {"assigned": assigned, "model": model, "sinks": sinks, "paused": self.backpressure.paused}
+        kafka = KAFKA_EVENTS.status()  # every broker down: the sinks are not checked (a topic check would hang)
+        sinks = {} if kafka["all_down"] else {sink.name: bool(sink.check()) for sink in self.sinks}
+        ok = bool(assigned) and model is not None and all(sinks.values()) and not kafka["all_down"]
+        return ok, {"assigned": assigned, "model": model, "sinks": sinks, "paused": self.backpressure.paused,
+                    "kafka": kafka}
 
     # ------------------------------------------------------------------ main loop
 
@@ -355,13 +365,16 @@ class StreamProcessor:
         self._crash = exc
 
     def _finish(self) -> None:
-        """Graceful stop: no new input; finish, write and commit what is in flight within the shutdown timeout."""
+        """Graceful stop: no new input; finish, write and commit what is in flight within the shutdown timeout, less
+        what closing needs (the whole stop takes at most ``batch.shutdown_timeout_s``)."""
+        timeout = self.settings.batch.shutdown_timeout_s
+        self._stop_by = time.monotonic() + timeout
         if self._abort.is_set() or self._crash is not None:
             return
         self._stopping = True
         self._close_batch()
         self._apply_backpressure()
-        deadline = time.monotonic() + self.settings.batch.shutdown_timeout_s
+        deadline = self._stop_by - min(CLOSE_RESERVE_S, timeout / 4)
         while (self._ready or self._in_flight) and self._crash is None and not self._abort.is_set():
             if time.monotonic() > deadline:
                 log.warning("shutdown timeout: abandoning in-flight batches uncommitted",
@@ -378,9 +391,10 @@ class StreamProcessor:
     def _close(self) -> None:
         self._closing = True
         self._abort.set()
-        for stage in (self._inference, self._sink_stage):
+        stop_by = self._stop_by or time.monotonic() + self.settings.batch.shutdown_timeout_s
+        for stage in (self._inference, self._sink_stage):  # a stage blocked in a sink call is left behind
             if stage is not None:
-                stage.join(10)
+                stage.join(max(0.1, min(STAGE_JOIN_S, stop_by - 1.0 - time.monotonic())))
         if self._consumer is not None:
             try:
                 self._consumer.close()
