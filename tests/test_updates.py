@@ -215,6 +215,35 @@ def test_a_write_waits_for_earlier_writes_of_the_same_id_and_only_for_those() ->
     assert stage.classified == 7 and not stage.writing([("in", 0)])
 
 
+def test_no_attempt_starts_for_results_of_an_ended_assignment() -> None:
+    settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9"})  # no dead letters: never connects
+    sink, ownership = GatedSink("never"), Ownership()
+    ownership.assign([("in", 0), ("in", 1)])
+    stage = SinkStage([sink], DeadLetterWriter(make_producer(settings), settings), ownership, backoff_s=0.1,
+                      max_backoff_s=0.5, dlq_timeout_s=5, max_dead_letter_bytes=1_000_000,
+                      on_outage=lambda down: None, inbox=None, outbox=None, abort=threading.Event(),
+                      on_crash=print, on_progress=lambda: None)
+
+    def batch(*items: tuple[str, int, int]) -> Batch:  # (id, partition, epoch)
+        return Batch(1, [Envelope(topic="in", partition=p, offset=i, epoch=e, key=None, value=b"{}",
+                                  timestamp_s=None, result=result(r, "core", None)) for i, (r, p, e) in
+                         enumerate(items)])
+
+    epoch0, epoch1 = ownership.epoch(("in", 0)), ownership.epoch(("in", 1))
+    ownership.revoke([("in", 0)])
+    first = batch(("a", 0, epoch0), ("b", 1, epoch1))
+    stage.handle(first)  # partition 0 is gone: only b is written
+    assert sink.calls[-1] == ("end", ["b"]) and stage.classified == 1 and not first.abandoned
+    ownership.assign([("in", 0)])  # back, under a new epoch: what was read under the old one is still stale
+    stale = batch(("c", 0, epoch0), ("c", 0, ownership.epoch(("in", 0))), ("d", 0, epoch0))
+    stage.handle(stale)  # c's newest result was read under the new epoch: written; d's was not
+    assert sink.calls[-1] == ("end", ["c"]) and stage.classified == 3
+    ownership.revoke([("in", 0), ("in", 1)])
+    gone = batch(("e", 0, epoch0), ("f", 1, epoch1))
+    stage.handle(gone)
+    assert gone.abandoned and len(sink.calls) == 4 and stage.classified == 3
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
