@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -182,8 +183,8 @@ class GatedSink:
         pass
 
 
-def test_a_write_waits_for_earlier_writes_of_the_same_id_and_only_for_those() -> None:
-    settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9"})  # no dead letters: never connects
+def test_a_write_waits_for_earlier_writes_of_the_same_id_and_only_for_those(tansu) -> None:
+    settings = load_settings(kafka={"bootstrap_servers": tansu.bootstrap})  # no dead letters here
     sink, ownership = GatedSink("a"), Ownership()
     ownership.assign([("in", 0)])
     inbox, outbox = queue.Queue(), queue.Queue()
@@ -213,6 +214,35 @@ def test_a_write_waits_for_earlier_writes_of_the_same_id_and_only_for_those() ->
     assert sink.calls == [("start", ["a", "b"]), ("start", ["c", "d"]), ("end", ["c", "d"]), ("end", ["a", "b"]),
                           ("start", ["x", "a"]), ("end", ["x", "a"])]
     assert stage.classified == 7 and not stage.writing([("in", 0)])
+
+
+def test_no_attempt_starts_for_results_of_an_ended_assignment(tansu) -> None:
+    settings = load_settings(kafka={"bootstrap_servers": tansu.bootstrap})  # no dead letters here
+    sink, ownership = GatedSink("never"), Ownership()
+    ownership.assign([("in", 0), ("in", 1)])
+    stage = SinkStage([sink], DeadLetterWriter(make_producer(settings), settings), ownership, backoff_s=0.1,
+                      max_backoff_s=0.5, dlq_timeout_s=5, max_dead_letter_bytes=1_000_000,
+                      on_outage=lambda down: None, inbox=None, outbox=None, abort=threading.Event(),
+                      on_crash=print, on_progress=lambda: None)
+
+    def batch(*items: tuple[str, int, int]) -> Batch:  # (id, partition, epoch)
+        return Batch(1, [Envelope(topic="in", partition=p, offset=i, epoch=e, key=None, value=b"{}",
+                                  timestamp_s=None, result=result(r, "core", None)) for i, (r, p, e) in
+                         enumerate(items)])
+
+    epoch0, epoch1 = ownership.epoch(("in", 0)), ownership.epoch(("in", 1))
+    ownership.revoke([("in", 0)])
+    first = batch(("a", 0, epoch0), ("b", 1, epoch1))
+    stage.handle(first)  # partition 0 is gone: only b is written
+    assert sink.calls[-1] == ("end", ["b"]) and stage.classified == 1 and not first.abandoned
+    ownership.assign([("in", 0)])  # back, under a new epoch: what was read under the old one is still stale
+    stale = batch(("c", 0, epoch0), ("c", 0, ownership.epoch(("in", 0))), ("d", 0, epoch0))
+    stage.handle(stale)  # c's newest result was read under the new epoch: written; d's was not
+    assert sink.calls[-1] == ("end", ["c"]) and stage.classified == 3
+    ownership.revoke([("in", 0), ("in", 1)])
+    gone = batch(("e", 0, epoch0), ("f", 1, epoch1))
+    stage.handle(gone)
+    assert gone.abandoned and len(sink.calls) == 4 and stage.classified == 3
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -383,29 +413,46 @@ def test_newest_version_wins_across_a_rebalance_between_two_members(noida, es_ur
     settings = stream_settings(noida.bootstrap, es_url, batch={"max_batch_records": 16, "max_wait_ms": 20},
                                sinks={"jsonl_path": str(jsonl), "max_in_flight": 4})
     topic = settings.kafka.input_topics[0]
-    half = len(updates.messages) // 2
+    # Published in 20 chunks, 0.2 s apart: the second member joins after chunk 5 and the first leaves after
+    # chunk 12, so ids have their versions written by different members on both sides of each rebalance.
+    chunks = [updates.messages[i:i + 150] for i in range(0, len(updates.messages), 150)]
+    joined, leaving = threading.Event(), threading.Event()
     ends: dict[int, int] = {}
+    published: list[int] = []
+
+    def publish() -> None:
+        for i, chunk in enumerate(chunks):
+            if i == 5:
+                assert joined.wait(60)
+            if i == 12:
+                assert leaving.wait(60)
+            ends.update(produce(noida.bootstrap, topic, chunk))  # later chunks: later offsets
+            published.append(i)
+            time.sleep(0.2)
 
     def state() -> str:
         owned = [sorted(p.processor.ownership.partitions()) for p in (first, second)]
         return f"owned {owned}, committed {committed_offsets(noida.bootstrap, settings.kafka.group_id, topic)}"
 
+    publisher = threading.Thread(target=publish, daemon=True)
     with running(settings) as first:
         wait_for(lambda: len(first.processor.ownership.partitions()) == 3, 30, "the first member to own all")
-        ends = produce(noida.bootstrap, topic, updates.messages[:half])
+        publisher.start()
+        wait_for(lambda: len(published) == 5, 60, "the first chunks")
         with running(settings) as second:  # joins while the first is writing: a rebalance
             wait_for(lambda: first.processor.ownership.partitions() and second.processor.ownership.partitions(),
                      60, "both members to own partitions", detail=state)
-            ends |= produce(noida.bootstrap, topic, updates.messages[half:])  # later offsets, same partitions
-            wait_for(lambda: sum(committed_offsets(noida.bootstrap, settings.kafka.group_id, topic).values())
-                     >= half + 200, 90, "progress with two members", detail=state, interval=0.05)
-            before = sum(committed_offsets(noida.bootstrap, settings.kafka.group_id, topic).values())
-            first_stats = first.stop()  # leaves mid-stream: a second rebalance hands its partitions over
+            joined.set()
+            wait_for(lambda: len(published) == 12, 60, "the middle chunks")
+            leaving.set()
+            first_stats = first.stop()  # leaves while chunks keep coming: its partitions are handed over
             wait_for(lambda: len(second.processor.ownership.partitions()) == 3, 60, "the hand-over", detail=state)
+            publisher.join(60)
             wait_for(_ends_committed(settings, ends), 90, "all records committed", detail=state)
         second_stats = second.stats
+    assert len(published) == len(chunks)
     assert first_stats.classified > 0 and second_stats is not None and second_stats.classified > 0
-    assert first_stats.dead_lettered == second_stats.dead_lettered == 0 and before < 2 * n  # handed over mid-stream
+    assert first_stats.dead_lettered == second_stats.dead_lettered == 0
     counts = sink_versions(updates, settings, es_url, jsonl)
     print({sink: dict(count) for sink, count in counts.items()})
     assert_newest_everywhere(counts, n)

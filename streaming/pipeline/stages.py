@@ -380,12 +380,14 @@ class SinkStage(Stage):
         return True
 
     def _owned(self, batch: Batch, todo: list[ClassificationResult], lost: set[str]) -> list[ClassificationResult]:
-        """``todo`` less the results of partitions revoked since they were read (noted in ``lost``): no attempt
-        starts for them, so a revoked member's late write cannot land after the new owner's."""
-        gone = {tp for tp, (_, epoch) in batch.positions.items() if not self.ownership.owns(tp, epoch)}
+        """``todo`` less the results read under an assignment that has ended (revoked, or revoked and assigned
+        again since), noted in ``lost``: no attempt starts for them, so a revoked member's late write cannot land
+        after the new owner's."""
+        gone = {pair for pair in {(env.tp, env.epoch) for env in batch.items} if not self.ownership.owns(*pair)}
         if not gone:
             return todo
-        dropped = {env.result.id for env in batch.items if env.result is not None and env.tp in gone}
+        latest = {env.result.id: env for env in batch.items if env.result is not None}  # whose result is written
+        dropped = {record_id for record_id, env in latest.items() if (env.tp, env.epoch) in gone}
         lost.update(dropped)
         return [result for result in todo if result.id not in dropped]
 
