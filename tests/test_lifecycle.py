@@ -259,6 +259,18 @@ def test_sigterm_while_the_model_loads_exits_0(tmp_path: Path) -> None:
     assert "stopped during start-up" in log
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_as_the_consumer_joins_exits_0(noida, tmp_path: Path) -> None:
+    settings = stream_settings(noida.bootstrap, batch={"shutdown_timeout_s": 10})
+    log_path = tmp_path / "run.log"
+    with _spawn(settings, log_path) as proc:
+        wait_for(lambda: "processor started" in log_path.read_text(), 60, "the consumer", interval=0.01)
+        code, took, out = _stop(proc, settings.batch.shutdown_timeout_s)
+    assert code == 0 and took <= settings.batch.shutdown_timeout_s, (code, took, log_path.read_text()[-2000:])
+    assert json.loads(out.splitlines()[-1])["event"] == "processor_stopped"
+
+
 # ----------------------------------------------------------------------------- stop within the limit, ES blackholed
 
 
