@@ -203,6 +203,47 @@ def test_run_without_a_broker_says_so_once_is_not_ready_and_stops_cleanly(tmp_pa
     assert sum("Connection refused" in line for line in log.splitlines()) == 1, log[-3000:]
 
 
+# ----------------------------------------------------------------------------- the lifecycle's rules
+
+
+def test_signals_stop_then_abort_and_a_stall_requests_status_3() -> None:
+    import os
+
+    from streaming.lifecycle import Lifecycle, StartupInterrupted
+
+    made: list[Lifecycle] = []
+
+    def lifecycle_() -> Lifecycle:
+        made.append(Lifecycle())
+        made[-1].catch_signals()
+        made[-1].starting(shutdown_timeout_s=60)
+        return made[-1]
+
+    aborted: list[bool] = []
+    try:
+        lifecycle = lifecycle_()
+        with pytest.raises(StartupInterrupted):  # during start-up: interrupted at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert lifecycle.stop.is_set() and lifecycle.status == 0 and 59 < lifecycle.time_left() <= 60
+
+        lifecycle = lifecycle_()
+        lifecycle.running(abort=lambda: aborted.append(True))
+        os.kill(os.getpid(), signal.SIGTERM)  # running: the first asks for a graceful stop ...
+        assert lifecycle.stop.wait(5) and not aborted
+        os.kill(os.getpid(), signal.SIGINT)  # ... the second stops at once
+        wait_for(lambda: aborted, 5, "the abort")
+
+        lifecycle = lifecycle_()
+        lifecycle.watch_stall(lambda: 7.5, limit_s=5)
+        assert lifecycle.stop.wait(10) and lifecycle.status == EXIT_STALLED
+    finally:
+        for lifecycle in made:  # never let a hard-exit timer end the test process
+            if lifecycle._hard_exit is not None:
+                lifecycle._hard_exit.cancel()
+        made[-1].release_signals()
+
+
 # ----------------------------------------------------------------------------- SIGTERM during start-up
 
 
