@@ -203,6 +203,35 @@ def test_run_without_a_broker_says_so_once_is_not_ready_and_stops_cleanly(tmp_pa
     assert sum("Connection refused" in line for line in log.splitlines()) == 1, log[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_broker_that_comes_up_later_is_announced_and_the_processor_gets_ready(tmp_path: Path) -> None:
+    from tests.servers import NoidaServer
+
+    broker = NoidaServer(tmp_path / "noida", services="kafka")  # its port is chosen now, it listens later
+    # The topics can only be created once the broker is up; librdkafka sees a new topic at its next metadata
+    # refresh (5 min by default).
+    settings = _offline_settings(kafka={"bootstrap_servers": broker.bootstrap,
+                                        "extra": {"topic.metadata.refresh.interval.ms": "1000"}})
+    base = f"http://127.0.0.1:{settings.metrics.port}"
+    log_path = tmp_path / "run.log"
+    with _spawn(settings, log_path) as proc:
+        try:
+            wait_for(lambda: _get(base + "/readyz")[1].get("kafka", {}).get("all_down"), 30, "the broker down",
+                     interval=0.5)
+            broker.start()
+            create_topics(settings)
+            wait_for(lambda: _get(base + "/readyz")[0] == 200, 60, "ready once the broker is up",
+                     detail=lambda: _get(base + "/readyz"), interval=0.5)
+            code, took, _ = _stop(proc, settings.batch.shutdown_timeout_s)
+        finally:
+            broker.stop()
+    lines = _json_lines(log_path.read_text())
+    assert code == 0, lines[-10:]
+    about = [line["msg"] for line in lines if line.get("logger") == "corestream.kafka"]
+    assert len(about) == 2 and "unreachable" in about[0] and "reachable again" in about[1], about
+
+
 # ----------------------------------------------------------------------------- the lifecycle's rules
 
 
