@@ -203,6 +203,76 @@ def test_run_without_a_broker_says_so_once_is_not_ready_and_stops_cleanly(tmp_pa
     assert sum("Connection refused" in line for line in log.splitlines()) == 1, log[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_broker_that_comes_up_later_is_announced_and_the_processor_gets_ready(tmp_path: Path) -> None:
+    from tests.servers import NoidaServer
+
+    broker = NoidaServer(tmp_path / "noida", services="kafka")  # its port is chosen now, it listens later
+    # The topics can only be created once the broker is up; librdkafka sees a new topic at its next metadata
+    # refresh (5 min by default).
+    settings = _offline_settings(kafka={"bootstrap_servers": broker.bootstrap,
+                                        "extra": {"topic.metadata.refresh.interval.ms": "1000"}})
+    base = f"http://127.0.0.1:{settings.metrics.port}"
+    log_path = tmp_path / "run.log"
+    with _spawn(settings, log_path) as proc:
+        try:
+            wait_for(lambda: _get(base + "/readyz")[1].get("kafka", {}).get("all_down"), 30, "the broker down",
+                     interval=0.5)
+            broker.start()
+            create_topics(settings)
+            wait_for(lambda: _get(base + "/readyz")[0] == 200, 60, "ready once the broker is up",
+                     detail=lambda: _get(base + "/readyz"), interval=0.5)
+            code, took, _ = _stop(proc, settings.batch.shutdown_timeout_s)
+        finally:
+            broker.stop()
+    lines = _json_lines(log_path.read_text())
+    assert code == 0, lines[-10:]
+    about = [line["msg"] for line in lines if line.get("logger") == "corestream.kafka"]
+    assert len(about) == 2 and "unreachable" in about[0] and "reachable again" in about[1], about
+
+
+# ----------------------------------------------------------------------------- the lifecycle's rules
+
+
+def test_signals_stop_then_abort_and_a_stall_requests_status_3() -> None:
+    import os
+
+    from streaming.lifecycle import Lifecycle, StartupInterrupted
+
+    made: list[Lifecycle] = []
+
+    def lifecycle_() -> Lifecycle:
+        made.append(Lifecycle())
+        made[-1].catch_signals()
+        made[-1].starting(shutdown_timeout_s=60)
+        return made[-1]
+
+    aborted: list[bool] = []
+    try:
+        lifecycle = lifecycle_()
+        with pytest.raises(StartupInterrupted):  # during start-up: interrupted at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert lifecycle.stop.is_set() and lifecycle.status == 0 and 59 < lifecycle.time_left() <= 60
+
+        lifecycle = lifecycle_()
+        lifecycle.running(abort=lambda: aborted.append(True))
+        os.kill(os.getpid(), signal.SIGTERM)  # running: the first asks for a graceful stop ...
+        assert lifecycle.stop.wait(5) and not aborted
+        os.kill(os.getpid(), signal.SIGINT)  # ... the second stops at once
+        wait_for(lambda: aborted, 5, "the abort")
+
+        lifecycle = lifecycle_()
+        lifecycle.watch_stall(lambda: 7.5, limit_s=5)
+        assert lifecycle.stop.wait(10) and lifecycle.status == EXIT_STALLED
+    finally:
+        for lifecycle in made:  # never let a hard-exit timer end the test process
+            if lifecycle._hard_exit is not None:
+                lifecycle._hard_exit.cancel()
+        made[-1].release_signals()
+
+
 # ----------------------------------------------------------------------------- SIGTERM during start-up
 
 
@@ -257,6 +327,18 @@ def test_sigterm_while_the_model_loads_exits_0(tmp_path: Path) -> None:
     log = (tmp_path / "run.log").read_text()
     assert code == 0 and took <= settings.batch.shutdown_timeout_s, (code, took, log[-2000:])
     assert "stopped during start-up" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_as_the_consumer_joins_exits_0(noida, tmp_path: Path) -> None:
+    settings = stream_settings(noida.bootstrap, batch={"shutdown_timeout_s": 10})
+    log_path = tmp_path / "run.log"
+    with _spawn(settings, log_path) as proc:
+        wait_for(lambda: "processor started" in log_path.read_text(), 60, "the consumer", interval=0.01)
+        code, took, out = _stop(proc, settings.batch.shutdown_timeout_s)
+    assert code == 0 and took <= settings.batch.shutdown_timeout_s, (code, took, log_path.read_text()[-2000:])
+    assert json.loads(out.splitlines()[-1])["event"] == "processor_stopped"
 
 
 # ----------------------------------------------------------------------------- stop within the limit, ES blackholed

@@ -58,7 +58,10 @@ def _run(settings: Settings, lifecycle: Lifecycle, *, until_drained: bool, creat
         raise CommandError(str(exc)) from None
     try:
         if create:
-            create_topics(settings)
+            try:
+                create_topics(settings)
+            except (KafkaException, TimeoutError) as exc:
+                raise CommandError(f"cannot create topics on {settings.kafka.bootstrap_servers}: {exc}") from None
         processor = runtime.processor()
         runtime.serve_health(health=processor.health, ready=processor.ready)
         runtime.model_source.start_reloading()

@@ -141,7 +141,8 @@ class StreamProcessor:
         stalled_s = self.committer.stalled_for()
         ok = self._crash is None and age < STUCK_AFTER_S and stalled_s < self.settings.batch.stalled_after_s
         return ok, {"loop_age_s": round(age, 3), "crashed": repr(self._crash) if self._crash else None,
-                    "uncommitted_for_s": round(stalled_s, 3), "stalled_after_s": self.settings.batch.stalled_after_s}
+                    "uncommitted_for_s": round(stalled_s, 3), "stalled_after_s": self.settings.batch.stalled_after_s,
+                    "exit_after_stalled_s": self.settings.batch.exit_after_stalled_s}
 
     def stalled_for(self) -> float:
         """Seconds for which consumed work has waited with no commit, or the loop has not turned (the larger)."""
