@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from models.calibration import IDENTITY, Calibration
+from models.calibration import DEFAULT_FLOOR, IDENTITY, Calibration
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
 from models.labels import CorenessProxy
 from models.predictor import Predictor, score_logits
@@ -80,8 +80,13 @@ def test_calibration_round_trips_and_the_predictor_applies_it(calibrated: Path) 
     records = to_records(_dated_sample(60, seed=11), None, 0, CorenessProxy.load())
     core_logits, cat_logits = score_logits(predictor.model, [r.text for r in records])
     core, cats = predictor.predict_proba(records)
-    np.testing.assert_allclose(core, softmax(core_logits / section["coreness_temperature"], axis=1), rtol=1e-5)
-    np.testing.assert_allclose(cats, expit(cat_logits / section["category_temperature"]), rtol=1e-5, atol=1e-7)
+    floor = section["floor"]
+    assert floor == DEFAULT_FLOOR
+    np.testing.assert_allclose(core, (1 - floor) * softmax(core_logits / section["coreness_temperature"], axis=1)
+                               + floor / 3, rtol=1e-5)
+    np.testing.assert_allclose(cats, (1 - floor) * expit(cat_logits / section["category_temperature"]) + floor / 2,
+                               rtol=1e-5)
+    assert core.max() <= 1 - 2 * floor / 3 + 1e-6 and cats.max() <= 1 - floor / 2 + 1e-6
     results = predictor.predict_batch(records)
     assert [r.coreness.scores.core for r in results] == pytest.approx(core[:, 0].tolist())
 
@@ -108,7 +113,8 @@ def test_checkpoint_without_calibration_loads_uncalibrated(calibrated: Path, tmp
     assert report["calibration"]["temperatures"] is None
     assert "has no calibration" in (tmp_path / "report" / "report.md").read_text()
 
-    for bad in ({"method": "temperature", "coreness_temperature": -1.0}, {"method": "isotonic"}, "hot"):
+    for bad in ({"method": "temperature", "coreness_temperature": -1.0}, {"method": "temperature", "floor": 1.5},
+                {"method": "isotonic"}, "hot"):
         config["calibration"] = bad
         (old / "config.json").write_text(json.dumps(config))
         with pytest.raises(CheckpointError, match="calibration"):
@@ -149,6 +155,10 @@ def test_fit_calibration_fits_both_heads() -> None:
     core_true = np.array([rng.choice(3, p=p) for p in softmax(core_logits, axis=1)])
     cat_logits = rng.normal(-1, 1.5, size=(3_000, 5))
     cat_true = rng.random(cat_logits.shape) < expit(cat_logits)
-    calibration = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true)
+    calibration = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true, floor=0.0)
     assert calibration.coreness_temperature == pytest.approx(5, rel=0.15)
     assert calibration.category_temperature == pytest.approx(2, rel=0.15)
+    with_floor = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true)
+    assert with_floor.floor == DEFAULT_FLOOR
+    assert with_floor.coreness_temperature == pytest.approx(calibration.coreness_temperature, rel=0.1)
+    assert with_floor.coreness(np.array([[100.0, 0.0, 0.0]])).max() == pytest.approx(1 - 2 * DEFAULT_FLOOR / 3)

@@ -1,8 +1,9 @@
 """Fit the score calibration (:class:`models.calibration.Calibration`) on held-out logits.
 
 Temperature scaling (Guo et al., 2017): for each head, the one temperature that minimises the negative
-log-likelihood of the held-out labels; the coreness head with the softmax cross-entropy, the category head with the
-binary cross-entropy over every (record, category) pair whose label is known. One parameter per head cannot
+log-likelihood of the held-out labels (with the fixed ``floor`` of :mod:`models.calibration` mixed in, as it will
+be applied); the coreness head with the softmax cross-entropy, the category head with the binary cross-entropy
+over every (record, category) pair whose label is known. One parameter per head cannot
 overfit a validation slice of a few thousand records, and it keeps the arg-max and every category's ranking.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax
 
-from models.calibration import Calibration
+from models.calibration import DEFAULT_FLOOR, Calibration
 from models.records import Record
 
 LOG_T_BOUNDS = (np.log(0.05), np.log(200.0))
@@ -28,32 +29,39 @@ def _best_temperature(nll: Callable[[float], float]) -> float:
     return round(float(np.exp(result.x)), 4)
 
 
-def softmax_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature of a softmax head: ``logits`` (n, k), ``targets`` (n,) class indices. 1.0 without records."""
+def softmax_temperature(logits: np.ndarray, targets: np.ndarray, floor: float = 0.0) -> float:
+    """Temperature of a softmax head: ``logits`` (n, k), ``targets`` (n,) class indices; ``floor``: the weight
+    of the uniform guess mixed in. 1.0 without records."""
     if len(targets) == 0:
         return 1.0
     logits = np.asarray(logits, dtype=np.float64)
     rows = np.arange(len(targets))
-    return _best_temperature(lambda t: -log_softmax(logits / t, axis=1)[rows, targets].mean())
+    uniform = floor / logits.shape[1]
+    return _best_temperature(lambda t: -np.log((1 - floor) * np.exp(log_softmax(logits / t, axis=1)[rows, targets])
+                                               + uniform).mean())
 
 
-def sigmoid_temperature(logits: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None) -> float:
+def sigmoid_temperature(logits: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None,
+                        floor: float = 0.0) -> float:
     """Temperature of independent sigmoids: ``logits`` and 0/1 ``targets`` (n, C); ``known`` 0 drops a pair
-    (a label the record leaves unknown). 1.0 without positives or negatives."""
+    (a label the record leaves unknown); ``floor``: the weight of a coin flip mixed in. 1.0 without positives
+    or negatives."""
     mask = np.ones(targets.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool)
     z = np.asarray(logits, dtype=np.float64)[mask]
     y = np.asarray(targets, dtype=bool)[mask]
     if not y.any() or y.all():
         return 1.0
     signed = np.where(y, z, -z)  # log p(label) = log sigmoid(+-z / T)
-    return _best_temperature(lambda t: -log_expit(signed / t).mean())
+    return _best_temperature(lambda t: -np.log((1 - floor) * np.exp(log_expit(signed / t)) + floor / 2).mean())
 
 
 def fit_calibration(coreness_logits: np.ndarray, coreness_targets: np.ndarray, category_logits: np.ndarray,
-                    category_targets: np.ndarray, category_known: np.ndarray | None = None) -> Calibration:
-    """Both heads' temperatures from held-out logits and labels (coreness as class indices, categories 0/1)."""
-    return Calibration(softmax_temperature(coreness_logits, coreness_targets),
-                       sigmoid_temperature(category_logits, category_targets, category_known))
+                    category_targets: np.ndarray, category_known: np.ndarray | None = None,
+                    floor: float = DEFAULT_FLOOR) -> Calibration:
+    """Both heads' temperatures from held-out logits and labels (coreness as class indices, categories 0/1),
+    with ``floor``."""
+    return Calibration(softmax_temperature(coreness_logits, coreness_targets, floor),
+                       sigmoid_temperature(category_logits, category_targets, category_known, floor), floor)
 
 
 def calibration_config(calibration: Calibration, valid: Sequence[Record], split: str) -> dict[str, Any]:

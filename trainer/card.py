@@ -100,7 +100,7 @@ def calibration_lines(calibration: dict[str, Any] | None, valid: dict[str, Any])
         return []
     line = (f"* Scores: temperature scaling, coreness {calibration['coreness_temperature']}, categories "
             f"{calibration['category_temperature']}, fitted on the {calibration['fitted_on']} "
-            f"({calibration['records']} records)")
+            f"({calibration['records']} records), a uniform guess mixed in at weight {calibration.get('floor', 0)}")
     if valid.get("coreness_ece") is not None:
         line += (f"; there the coreness calibration error (ECE) is {valid['coreness_ece']:.4f} "
                  f"({valid.get('coreness_ece_uncalibrated', float('nan')):.4f} uncalibrated), "

@@ -163,7 +163,8 @@ def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
     if temperatures:
         lines.append(f"Temperature scaling: coreness {temperatures['coreness_temperature']}, categories "
                      f"{temperatures['category_temperature']} (fitted on the {temperatures.get('fitted_on', '?')}, "
-                     f"{temperatures.get('records', '?')} records).")
+                     f"{temperatures.get('records', '?')} records); a uniform guess mixed in at weight "
+                     f"{temperatures.get('floor', 0)}.")
     else:
         lines.append("The checkpoint has no calibration (trained before it existed): its raw scores are reported.")
     return lines
