@@ -46,6 +46,13 @@ def test_fitted_temperature_undoes_over_confident_logits() -> None:
     flipped[:, 0] = ~flipped[:, 0]
     assert sigmoid_temperature(3 * pair_logits, flipped, known) == pytest.approx(3, rel=0.1)
     assert sigmoid_temperature(pair_logits, np.zeros_like(targets)) == 1.0  # nothing to fit on
+    # top_k: only each row's best pairs count (labels flipped elsewhere change nothing)
+    best = np.argsort(-pair_logits, axis=1)[:, :2]
+    outside = np.ones(targets.shape, dtype=bool)
+    np.put_along_axis(outside, best, False, axis=1)
+    scrambled = np.where(outside, ~targets, targets)
+    assert sigmoid_temperature(3 * pair_logits, scrambled, top_k=2) == sigmoid_temperature(3 * pair_logits, targets,
+                                                                                           top_k=2)
 
 
 def test_ece_matches_a_case_worked_by_hand() -> None:
@@ -155,7 +162,7 @@ def test_fit_calibration_fits_both_heads() -> None:
     core_true = np.array([rng.choice(3, p=p) for p in softmax(core_logits, axis=1)])
     cat_logits = rng.normal(-1, 1.5, size=(3_000, 5))
     cat_true = rng.random(cat_logits.shape) < expit(cat_logits)
-    calibration = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true, floor=0.0)
+    calibration = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true, floor=0.0, top_k=None)
     assert calibration.coreness_temperature == pytest.approx(5, rel=0.15)
     assert calibration.category_temperature == pytest.approx(2, rel=0.15)
     with_floor = fit_calibration(5 * core_logits, core_true, 2 * cat_logits, cat_true)

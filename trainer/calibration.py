@@ -3,8 +3,13 @@
 Temperature scaling (Guo et al., 2017): for each head, the one temperature that minimises the negative
 log-likelihood of the held-out labels (with the fixed ``floor`` of :mod:`models.calibration` mixed in, as it will
 be applied); the coreness head with the softmax cross-entropy, the category head with the binary cross-entropy
-over every (record, category) pair whose label is known. One parameter per head cannot
-overfit a validation slice of a few thousand records, and it keeps the arg-max and every category's ranking.
+over each record's :data:`CATEGORY_TOP_K` best-scored categories (whose label is known): the scores a curator
+sees. Over all ~150 pairs a record has, the near-certain negatives dominate the fit and leave the shown scores
+over-confident; on the full training file's time-later slice (fitted on one half, measured on the other) the ECE
+of the best category / every returned category / all pairs scored >= 0.05 was 0.118 / 0.099 / 0.060 fitted on all
+pairs, 0.069 / 0.050 / 0.051 on the top 5 (top 3: 0.049 / 0.044 / 0.074; top 10: 0.089 / 0.069 / 0.028). One
+parameter per head cannot overfit a validation slice of a few thousand records, and it keeps the arg-max and every
+category's ranking.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from models.calibration import DEFAULT_FLOOR, Calibration
 from models.records import Record
 
 LOG_T_BOUNDS = (np.log(0.05), np.log(200.0))
+CATEGORY_TOP_K = 5
 
 
 def _best_temperature(nll: Callable[[float], float]) -> float:
@@ -42,11 +48,15 @@ def softmax_temperature(logits: np.ndarray, targets: np.ndarray, floor: float = 
 
 
 def sigmoid_temperature(logits: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None,
-                        floor: float = 0.0) -> float:
+                        floor: float = 0.0, top_k: int | None = None) -> float:
     """Temperature of independent sigmoids: ``logits`` and 0/1 ``targets`` (n, C); ``known`` 0 drops a pair
-    (a label the record leaves unknown); ``floor``: the weight of a coin flip mixed in. 1.0 without positives
-    or negatives."""
+    (a label the record leaves unknown); ``floor``: the weight of a coin flip mixed in; ``top_k``: only each
+    record's ``top_k`` highest logits count. 1.0 without positives or negatives."""
     mask = np.ones(targets.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    if top_k is not None and top_k < logits.shape[1]:
+        best = np.zeros(mask.shape, dtype=bool)
+        np.put_along_axis(best, np.argpartition(-logits, top_k - 1, axis=1)[:, :top_k], True, axis=1)
+        mask = mask & best
     z = np.asarray(logits, dtype=np.float64)[mask]
     y = np.asarray(targets, dtype=bool)[mask]
     if not y.any() or y.all():
@@ -57,11 +67,11 @@ def sigmoid_temperature(logits: np.ndarray, targets: np.ndarray, known: np.ndarr
 
 def fit_calibration(coreness_logits: np.ndarray, coreness_targets: np.ndarray, category_logits: np.ndarray,
                     category_targets: np.ndarray, category_known: np.ndarray | None = None,
-                    floor: float = DEFAULT_FLOOR) -> Calibration:
-    """Both heads' temperatures from held-out logits and labels (coreness as class indices, categories 0/1),
-    with ``floor``."""
+                    floor: float = DEFAULT_FLOOR, top_k: int | None = CATEGORY_TOP_K) -> Calibration:
+    """Both heads' temperatures from held-out logits and labels (coreness as class indices, categories 0/1; the
+    category head on each record's ``top_k`` best categories), with ``floor``."""
     return Calibration(softmax_temperature(coreness_logits, coreness_targets, floor),
-                       sigmoid_temperature(category_logits, category_targets, category_known, floor), floor)
+                       sigmoid_temperature(category_logits, category_targets, category_known, floor, top_k), floor)
 
 
 def calibration_config(calibration: Calibration, valid: Sequence[Record], split: str) -> dict[str, Any]:
