@@ -20,7 +20,7 @@ from tests.test_accuracy import _dated_sample, real_or_sample_split
 from trainer.calibration import fit_calibration, sigmoid_temperature, softmax_temperature
 from trainer.evaluate import evaluate_model
 from trainer.metrics import category_calibration, coreness_calibration, expected_calibration_error
-from trainer.thresholds import apply_thresholds, tune_thresholds
+from trainer.thresholds import apply_thresholds, calibrated_grid, tune_thresholds
 from trainer.train import category_targets, to_records, train_model
 from trainer.training_data import time_split
 
@@ -100,8 +100,14 @@ def test_calibration_round_trips_and_the_predictor_applies_it(calibrated: Path) 
     # the thresholds are tuned on the calibrated scores of the validation slice
     _, valid = time_split(to_records(_dated_sample(800), None, 0, CorenessProxy.load()), 0.1)
     labels = predictor.category_labels
-    assert config["thresholds"] == tune_thresholds(predictor.predict_proba(valid)[1],
-                                                   category_targets(valid, labels), labels)
+    y_valid = category_targets(valid, labels)
+    assert config["thresholds"] == tune_thresholds(predictor.predict_proba(valid)[1], y_valid, labels,
+                                                   grid=calibrated_grid(predictor.calibration))
+    # over the calibrated grid, a record gets the same categories as the uncalibrated scores would give
+    raw_logits = score_logits(predictor.model, [r.text for r in valid])[1]
+    raw_thresholds = tune_thresholds(IDENTITY.categories(raw_logits), y_valid, labels)
+    np.testing.assert_array_equal(apply_thresholds(predictor.predict_proba(records)[1], config["thresholds"], labels),
+                                  apply_thresholds(IDENTITY.categories(cat_logits), raw_thresholds, labels))
 
 
 def test_checkpoint_without_calibration_loads_uncalibrated(calibrated: Path, tmp_path: Path) -> None:

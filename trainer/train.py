@@ -38,7 +38,7 @@ from trainer.calibration import calibration_config, fit_calibration
 from trainer.card import model_card
 from trainer.metrics import category_calibration, category_metrics, coreness_calibration, coreness_metrics
 from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
+from trainer.thresholds import apply_thresholds, calibrated_grid, cross_fitted, tune_thresholds
 from trainer.train_config import TrainConfig, TrainingError
 from trainer.training_data import (
     DataError,
@@ -191,13 +191,15 @@ def held_out_summary(records: Sequence[Record], labels: Sequence[str], core_logi
                      cat_logits: np.ndarray, at_least_one: bool = True) -> tuple[dict[str, Any], dict[str, float],
                                                                                  Calibration]:
     """From a held-out slice's logits: the calibration fitted on them, per-class thresholds tuned on the
-    calibrated scores, and the metrics with both (``category_f1_*_cross_fitted``: F1 with thresholds tuned on the
-    other half of the records; ``*_uncalibrated``: calibration before it)."""
+    calibrated scores (over :func:`trainer.thresholds.calibrated_grid`), and the metrics with both
+    (``category_f1_*_cross_fitted``: F1 with thresholds tuned on the other half of the records;
+    ``*_uncalibrated``: calibration before it)."""
     y_true = category_targets(records, labels)
     known = known_categories(records, labels)
     calibration = fit_calibration(core_logits, coreness_targets(records), cat_logits, y_true, known)
     core_probs, cat_probs = calibration.probabilities(core_logits, cat_logits)
-    thresholds = tune_thresholds(cat_probs, y_true, labels)
+    grid = calibrated_grid(calibration)  # the same decisions as the uncalibrated scores over GRID
+    thresholds = tune_thresholds(cat_probs, y_true, labels, grid=grid)
     predicted = apply_thresholds(cat_probs, thresholds, labels, at_least_one=at_least_one)
     cats = category_metrics(y_true, predicted, cat_probs, labels, thresholds)
     cat_calibration = category_calibration(y_true, cat_probs, predicted)
@@ -215,8 +217,8 @@ def held_out_summary(records: Sequence[Record], labels: Sequence[str], core_logi
         "category_top_ece_uncalibrated": category_calibration(y_true, raw[1], predicted)["top"]["ece"],
     }
     if len(records) >= 4:
-        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one),
-                                  cat_probs, labels)
+        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one,
+                                                       grid=grid), cat_probs, labels)
         summary["category_f1_micro_cross_fitted"] = fitted["f1_micro"]
         summary["category_f1_macro_cross_fitted"] = fitted["f1_macro"]
     return summary, thresholds, calibration
