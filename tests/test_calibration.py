@@ -142,23 +142,31 @@ def test_calibration_on_real_papers(tmp_path: Path, shared_data: Path | None) ->
     train, test = real_or_sample_split(shared_data)
     model = train_model(train, output_dir=tmp_path / "m", arch="linear", progress=False)
     predictor = Predictor.from_checkpoint(model, device="cpu")
-    assert predictor.calibration.coreness_temperature > 1 and predictor.calibration.category_temperature > 1
+    if shared_data is not None:  # real papers: the raw scores are over-confident
+        assert predictor.calibration.coreness_temperature > 1 and predictor.calibration.category_temperature > 1
     report = evaluate_model(model, test, output_dir=tmp_path / "report", progress=False)
     calibrated = report["calibration"]["coreness"]
-    raw = coreness_calibration([r.coreness for r in test], IDENTITY.coreness(
-        score_logits(predictor.model, [r.text for r in test])[0]), CORENESS_LABELS)
+    core_logits, cat_logits = score_logits(predictor.model, [r.text for r in test])
+    raw = coreness_calibration([r.coreness for r in test], IDENTITY.coreness(core_logits), CORENESS_LABELS)
     assert calibrated["accuracy"] == pytest.approx(raw["accuracy"])  # temperature keeps every answer
     assert calibrated["ece"] < raw["ece"] and calibrated["ece"] < 0.08
     assert calibrated["saturated_share"] <= 0.05 < raw["saturated_share"]
     labels = predictor.category_labels
     cats = report["calibration"]["categories"]
+    raw_cats = IDENTITY.categories(cat_logits)
+    rows = np.arange(len(test))
+    raw_top = expected_calibration_error(raw_cats[rows, raw_cats.argmax(1)],
+                                         category_targets(test, labels)[rows, raw_cats.argmax(1)])
+    assert cats["top"]["saturated_share"] <= 0.05
+    if shared_data is not None:  # (on the generated sample the raw scores are all right, and all near 1)
+        assert cats["top"]["ece"] < raw_top
+        assert predictor.config["metrics"]["valid"]["coreness_ece"] < predictor.config["metrics"]["valid"][
+            "coreness_ece_uncalibrated"]
     predicted = apply_thresholds(predictor.predict_proba(test)[1], predictor.config["thresholds"], labels,
                                  at_least_one=True)
     assert cats["returned"]["answers"] == int(predicted.sum())
     assert (tmp_path / "report" / "calibration.png").is_file()
     assert "## Calibration" in (tmp_path / "report" / "report.md").read_text()
-    valid = predictor.config["metrics"]["valid"]
-    assert valid["coreness_ece"] < valid["coreness_ece_uncalibrated"]
     assert "Scores: temperature scaling" in (tmp_path / "report" / "report.md").read_text()
 
 
