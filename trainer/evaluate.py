@@ -1,7 +1,8 @@
 """``corestream-train evaluate``: score a checkpoint on labelled data; write report.json, report.md and plots.
 
 Category metrics use the checkpoint's own per-class thresholds (and its at-least-one-category rule); coreness
-is the arg-max label. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
+is the arg-max label. Scores are the predictor's calibrated ones; the report gives their expected calibration
+error (coreness answer, best category, returned categories) and a reliability diagram. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
 Data categories that the model does not know are counted in the report (they cannot be predicted) and otherwise
 ignored.
 Plots use matplotlib's object API (no pyplot, no display needed).
