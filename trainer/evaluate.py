@@ -2,7 +2,8 @@
 
 Category metrics use the checkpoint's own per-class thresholds (and its at-least-one-category rule); coreness
 is the arg-max label. Scores are the predictor's calibrated ones; the report gives their expected calibration
-error (coreness answer, best category, returned categories) and a reliability diagram. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
+error (coreness answer, best category, returned categories) and a reliability diagram. The report carries the
+checkpoint's model card (data, labels, validation metrics, limits).
 Data categories that the model does not know are counted in the report (they cannot be predicted) and otherwise
 ignored.
 Plots use matplotlib's object API (no pyplot, no display needed).
