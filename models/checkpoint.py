@@ -18,6 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.calibration import Calibration
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED_KEYS = ("arch", "name", "version", "coreness_labels", "category_labels", "thresholds")
@@ -100,6 +102,10 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     unknown = set(config["thresholds"]) - set(labels)
     if unknown:
         raise CheckpointError(f"{config_path}: thresholds for unknown categories {sorted(unknown)}")
+    try:
+        Calibration.from_config(config)  # none (older checkpoints): the identity
+    except ValueError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
     return config
 
 

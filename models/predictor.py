@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.calibration import IDENTITY, Calibration
 from models.checkpoint import load_checkpoint
 from models.device import autocast, autocast_dtype, resolve_device
 from models.records import CORENESS_LABELS, ClassificationResult, ModelInfo, Record
 from models.runtime import apply_runtime
 
 
-def score_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu",
-                dtype: torch.dtype | None = None, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Coreness probabilities (n, 3) and category probabilities (n, C), in the order of ``texts``.
+def score_logits(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu",
+                 dtype: torch.dtype | None = None, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw coreness logits (n, 3) and category logits (n, C), in the order of ``texts``.
 
     Texts are sorted by length so that each batch pads little, then put back in order.
     """
@@ -32,10 +33,20 @@ def score_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
             idx = order[start:start + batch_size]
             inputs = model.encode([texts[i] for i in idx], max_length)
             out = model(**{key: value.to(device) for key, value in inputs.items()})
-            coreness[idx] = out.coreness_logits.float().softmax(-1).cpu().numpy()
-            categories[idx] = out.category_logits.float().sigmoid().cpu().numpy()
+            coreness[idx] = out.coreness_logits.float().cpu().numpy()
+            categories[idx] = out.category_logits.float().cpu().numpy()
     model.train(was_training)
     return coreness, categories
+
+
+def score_texts(model: nn.Module, texts: Sequence[str], *, batch_size: int = 64, device: str = "cpu",
+                dtype: torch.dtype | None = None, max_length: int | None = None,
+                calibration: Calibration = IDENTITY) -> tuple[np.ndarray, np.ndarray]:
+    """Coreness probabilities (n, 3) and category probabilities (n, C), in the order of ``texts``, through
+    ``calibration`` (default: none)."""
+    coreness, categories = score_logits(model, texts, batch_size=batch_size, device=device, dtype=dtype,
+                                        max_length=max_length)
+    return calibration.probabilities(coreness, categories)
 
 
 class Predictor:
@@ -56,6 +67,7 @@ class Predictor:
         self.category_labels: list[str] = list(config["category_labels"])
         self.thresholds = np.array([float(config["thresholds"].get(label, 0.5)) for label in self.category_labels],
                                    dtype=np.float32)
+        self.calibration = Calibration.from_config(config)  # identity for checkpoints without one
         self.dont_run_on: frozenset[str] = frozenset(config.get("dont_run_on", []))
         # A record with no category above its threshold gets its best one (None: the checkpoint's choice, else on).
         self.at_least_one_category = bool(config.get("at_least_one_category", True)
@@ -74,9 +86,9 @@ class Predictor:
                    at_least_one_category=at_least_one_category)
 
     def predict_proba(self, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
-        """Coreness (n, 3) and category (n, C) probabilities."""
+        """Coreness (n, 3) and category (n, C) probabilities, calibrated by the checkpoint's temperatures."""
         return score_texts(self.model, [r.text for r in records], batch_size=self.batch_size, device=self.device,
-                           dtype=self.dtype, max_length=self.max_seq_length)
+                           dtype=self.dtype, max_length=self.max_seq_length, calibration=self.calibration)
 
     def predict_batch(self, records: Sequence[Record]) -> list[ClassificationResult]:
         if not records:

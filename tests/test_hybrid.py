@@ -259,6 +259,11 @@ def test_hybrid_honours_split_extra_labels_card_and_refit(tmp_path: Path, base: 
     assert not training["refit_on_all_records"] and not card["data"]["refit_on_all_records"]
     assert refit_config["training"]["refit_on_all_records"] and refit_config["card"]["data"]["refit_on_all_records"]
     assert refit_config["thresholds"] == config["thresholds"] and refit_config["metrics"] == metrics
+    # and the calibration fitted on the held-out slice, which the predictor applies
+    assert config["calibration"]["method"] == "temperature" and config["calibration"]["records"] == 30
+    assert refit_config["calibration"] == config["calibration"] == card["calibration"]
+    assert Predictor.from_checkpoint(refit, device="cpu").calibration.coreness_temperature == pytest.approx(
+        config["calibration"]["coreness_temperature"])
     assert refit_config["training"]["cache"]["misses"] == 0  # the embeddings of the first run were reused
     held_model, refit_model = load_checkpoint(held)[0], load_checkpoint(refit)[0]
     assert not torch.equal(held_model.dense_head.weight, refit_model.dense_head.weight)

@@ -33,9 +33,11 @@ def _label_sources(records: Sequence[Record]) -> dict[str, int]:
 
 def model_card(data: Any, extra_train: Sequence[str | Path], train: Sequence[Record], valid: Sequence[Record],
                extra_fit: Sequence[Record], extra_check: Sequence[Record], labels: Sequence[str],
-               metrics: dict[str, Any], split: str, refit: bool = False) -> dict[str, Any]:
-    """What data, which labels, metrics on the time-later slice and on held-out real labels, known limits.
-    ``refit``: the saved model was trained again on training + validation records after thresholds were tuned."""
+               metrics: dict[str, Any], split: str, refit: bool = False,
+               calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What data, which labels, metrics on the time-later slice and on held-out real labels (calibration error
+    included), the score calibration, known limits. ``refit``: the saved model was trained again on training +
+    validation records after thresholds were tuned; ``calibration``: the checkpoint's ``calibration`` section."""
     source = (str(data) if isinstance(data, str | Path) else GENERATED_SAMPLE if data is None
               else getattr(data, "source", "in-memory"))  # a list of records may name where it came from
     card: dict[str, Any] = {
@@ -47,6 +49,7 @@ def model_card(data: Any, extra_train: Sequence[str | Path], train: Sequence[Rec
                    "coreness": "real labels where the record has one, else the arXiv-category proxy",
                    "coreness_train_counts": _label_sources(list(train) + list(extra_fit))},
         "metrics": {"time_later_valid": metrics.get("valid", {})},
+        "calibration": calibration,
         "limits": LIMITS,
     }
     if extra_train:
@@ -85,6 +88,24 @@ def card_markdown(card: dict[str, Any] | None) -> list[str]:
     real = metrics.get("real_coreness_held_out")
     if real:
         lines.append(f"* Held-out real coreness labels: accuracy {real['coreness_accuracy']:.4f}, recall per class "
-                     f"{real['coreness_recall']} (support {real['coreness_support']}).")
+                     f"{real['coreness_recall']} (support {real['coreness_support']})"
+                     + (f", calibration error (ECE) {real['coreness_ece']:.4f}" if real.get("coreness_ece") is not None
+                        else "") + ".")
+    lines += calibration_lines(card.get("calibration"), valid)
     lines += ["* Known limits:"] + [f"  * {limit}" for limit in card["limits"]] + [""]
     return lines
+
+
+def calibration_lines(calibration: dict[str, Any] | None, valid: dict[str, Any]) -> list[str]:
+    """The card's line on score calibration (none for cards written before it)."""
+    if not calibration:
+        return []
+    line = (f"* Scores: temperature scaling, coreness {calibration['coreness_temperature']}, categories "
+            f"{calibration['category_temperature']}, fitted on the {calibration['fitted_on']} "
+            f"({calibration['records']} records), a uniform guess mixed in at weight {calibration.get('floor', 0)}")
+    if valid.get("coreness_ece") is not None:
+        line += (f"; there the coreness calibration error (ECE) is {valid['coreness_ece']:.4f} "
+                 f"({valid.get('coreness_ece_uncalibrated', float('nan')):.4f} uncalibrated), "
+                 f"{valid.get('coreness_saturated_share', 0):.1%} of answers score >= 0.999, best-category ECE "
+                 f"{valid.get('category_top_ece', float('nan')):.4f}")
+    return [line + "."]

@@ -1,7 +1,9 @@
 """``corestream-train evaluate``: score a checkpoint on labelled data; write report.json, report.md and plots.
 
 Category metrics use the checkpoint's own per-class thresholds (and its at-least-one-category rule); coreness
-is the arg-max label. The report carries the checkpoint's model card (data, labels, validation metrics, limits).
+is the arg-max label. Scores are the predictor's calibrated ones; the report gives their expected calibration
+error (coreness answer, best category, returned categories) and a reliability diagram. The report carries the
+checkpoint's model card (data, labels, validation metrics, limits).
 Data categories that the model does not know are counted in the report (they cannot be predicted) and otherwise
 ignored.
 Plots use matplotlib's object API (no pyplot, no display needed).
@@ -29,7 +31,7 @@ from models.labels import CorenessProxy
 from models.predictor import Predictor
 from models.records import CORENESS_LABELS, Record
 from trainer.card import card_markdown
-from trainer.metrics import category_metrics, coreness_metrics
+from trainer.metrics import category_calibration, category_metrics, coreness_calibration, coreness_metrics
 from trainer.thresholds import apply_thresholds
 from trainer.train import category_targets, to_records
 from trainer.training_data import DataError, fingerprint
@@ -47,6 +49,8 @@ def build_report(coreness_true: Sequence[str], coreness_probs: np.ndarray, categ
     return {
         "categories": category_metrics(categories_true, predicted, category_probs, labels, thresholds),
         "coreness": coreness_metrics(list(coreness_true), coreness_pred, CORENESS_LABELS),
+        "calibration": {"coreness": coreness_calibration(list(coreness_true), coreness_probs, CORENESS_LABELS),
+                        "categories": category_calibration(categories_true, category_probs, predicted)},
     }
 
 
@@ -84,6 +88,7 @@ def evaluate_model(model: str | Path, data: str | Path | Sequence[Record | dict]
                        category_probs, labels, predictor.config["thresholds"], predictor.at_least_one_category),
         "card": predictor.config.get("card"),
     }
+    report["calibration"]["temperatures"] = predictor.config.get("calibration")  # None: an uncalibrated checkpoint
     if output_dir is not None:
         write_report(report, Path(output_dir))
     return report
@@ -96,11 +101,12 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """report.json, report.md, per_class_f1.png and coreness_confusion.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "report.json", out_dir / "report.md", out_dir / "per_class_f1.png",
-             out_dir / "coreness_confusion.png"]
+             out_dir / "coreness_confusion.png", out_dir / "calibration.png"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     paths[1].write_text(markdown(report))
     plot_per_class_f1(report["categories"]["per_class"], paths[2])
     plot_confusion(report["coreness"], paths[3])
+    plot_reliability(report["calibration"], paths[4])
     return paths
 
 
@@ -136,9 +142,55 @@ def markdown(report: dict[str, Any]) -> str:
               "|---" * (len(core["labels"]) + 1) + "|"]
     for label, row in zip(core["labels"], core["confusion_matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [""] + calibration_markdown(report["calibration"])
     lines += [""] + card_markdown(report.get("card"))
-    lines += ["", "![per-class F1](per_class_f1.png)", "", "![coreness confusion matrix](coreness_confusion.png)", ""]
+    lines += ["", "![per-class F1](per_class_f1.png)", "", "![coreness confusion matrix](coreness_confusion.png)",
+              "", "![reliability diagram](calibration.png)", ""]
     return "\n".join(lines)
+
+
+def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
+    """The calibration section: ECE, mean score against share right, saturated top scores; the temperatures."""
+    temperatures = calibration.get("temperatures")
+    rows = [("coreness answer", calibration["coreness"]), ("best category", calibration["categories"]["top"]),
+            ("every returned category (share right = precision)", calibration["categories"]["returned"])]
+    lines = ["## Calibration", "",
+             "Expected calibration error (ECE, 15 equal-width bins): how far the scores are from the share of "
+             "answers that are right, weighted by answers. 0 is perfect.", "",
+             "| scores | answers | ECE | mean score | share right | top score >= 0.999 |", "|---|---|---|---|---|---|"]
+    for name, row in rows:
+        lines.append(f"| {name} | {row['answers']} | {_fmt(row['ece'])} | {_fmt(row['mean_confidence'])} | "
+                     f"{_fmt(row['accuracy'])} | {_fmt(row.get('saturated_share'))} |")
+    lines.append("")
+    if temperatures:
+        lines.append(f"Temperature scaling: coreness {temperatures['coreness_temperature']}, categories "
+                     f"{temperatures['category_temperature']} (fitted on the {temperatures.get('fitted_on', '?')}, "
+                     f"{temperatures.get('records', '?')} records); a uniform guess mixed in at weight "
+                     f"{temperatures.get('floor', 0)}.")
+    else:
+        lines.append("The checkpoint has no calibration (trained before it existed): its raw scores are reported.")
+    return lines
+
+
+def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
+    """Reliability diagram: share right against mean score per bin, for the coreness answer and the best
+    category (the diagonal is perfect calibration)."""
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    heads = (("coreness answer", calibration["coreness"]), ("best category", calibration["categories"]["top"]))
+    for name, row in heads:
+        bins = row["bins"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                label=f"{name} (ECE {_fmt(row['ece'])})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean score in bin")
+    ax.set_ylabel("share right")
+    ax.set_title("Reliability")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def plot_per_class_f1(per_class: list[dict[str, Any]], path: Path, top: int = 40) -> None:
@@ -186,7 +238,7 @@ def _evaluate_command(args: argparse.Namespace, settings: Settings) -> int:
     cats, core = report["categories"], report["coreness"]
     print(f"{report['data']['records']} records; categories micro-F1 {cats['f1_micro']:.4f}, macro-F1 "
           f"{cats['f1_macro']:.4f}, mAP {_fmt(cats['map'])}; coreness accuracy {core['accuracy']:.4f}, "
-          f"macro-F1 {core['macro_f1']:.4f}")
+          f"macro-F1 {core['macro_f1']:.4f}, calibration error (ECE) {_fmt(report['calibration']['coreness']['ece'])}")
     print(f"report written to {output_dir}/report.md")
     return 0
 

@@ -78,3 +78,59 @@ def coreness_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
         "per_class": [{"label": label, "support": int(support[i]), "precision": float(precision[i]),
                        "recall": float(recall[i]), "f1": float(f1[i])} for i, label in enumerate(labels)],
     }
+
+
+# --------------------------------------------------------------------------- calibration
+
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
+SATURATED = 0.999  # a top score at or above this cannot be sorted by
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
+    """The non-empty equal-width confidence bins: range, answers, mean confidence and share correct."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    return [{"lower": b / bins, "upper": (b + 1) / bins, "count": int((index == b).sum()),
+             "confidence": float(confidence[index == b].mean()), "accuracy": float(correct[index == b].mean())}
+            for b in np.unique(index)]
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float | None:
+    """ECE: |share correct - mean confidence| per confidence bin, weighted by the bin's share of the answers
+    (None without answers)."""
+    if len(confidence) == 0:
+        return None
+    gaps = [b["count"] * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(confidence, correct, bins)]
+    return float(sum(gaps) / len(confidence))
+
+
+def _calibration(confidence: np.ndarray, correct: np.ndarray, saturated: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"answers": int(len(confidence)), "ece": expected_calibration_error(confidence, correct),
+                           "mean_confidence": float(np.mean(confidence)) if len(confidence) else None,
+                           "accuracy": float(np.mean(correct)) if len(correct) else None}
+    if saturated:
+        out["saturated_share"] = float(np.mean(confidence >= SATURATED)) if len(confidence) else None
+    out["bins"] = reliability_bins(confidence, correct) if len(confidence) else []
+    return out
+
+
+def coreness_calibration(y_true: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Calibration of the coreness answer: its score (the top one) against whether it is right; ``ece``,
+    ``mean_confidence``, ``accuracy``, ``saturated_share`` (top score >= 0.999) and the reliability ``bins``."""
+    probs = np.asarray(probs)
+    truth = np.array([list(labels).index(label) for label in y_true], dtype=int)
+    return _calibration(probs.max(1), probs.argmax(1) == truth)
+
+
+def category_calibration(y_true: np.ndarray, probs: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Calibration of the category scores: ``top``, each record's best category (its score against whether the
+    record has it; ``saturated_share``: best score >= 0.999), and ``returned``, every category a record is given
+    (``predicted``; ``accuracy`` is then the precision)."""
+    y_true, probs, predicted = np.asarray(y_true, dtype=bool), np.asarray(probs), np.asarray(predicted, dtype=bool)
+    if probs.shape[1] == 0:
+        none = np.zeros(0)
+        return {"top": _calibration(none, none), "returned": _calibration(none, none, saturated=False)}
+    top = probs.argmax(1)
+    rows = np.arange(len(probs))
+    return {"top": _calibration(probs[rows, top], y_true[rows, top]),
+            "returned": _calibration(probs[predicted], y_true[predicted], saturated=False)}

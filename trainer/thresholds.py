@@ -1,10 +1,20 @@
-"""Per-class decision thresholds tuned on validation data (maximise each category's F1)."""
+"""Per-class decision thresholds tuned on validation data (maximise each category's F1).
+
+Thresholds are tuned on calibrated scores (:mod:`models.calibration`) over :func:`calibrated_grid`: the points of
+:data:`GRID` as the calibration maps them. Calibration is monotone, so the categories a record gets are the ones
+the uncalibrated scores gave over :data:`GRID`: only their scores change. (Tuned over :data:`GRID` itself, the
+calibrated scores' thresholds reach lower raw scores, and on the 2018 papers the full-data default model lost 1.6
+points micro-F1, 0.574 -> 0.559: the grid's lower end, 0.05 on raw scores, had held 47 categories back.)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import logit
+
+from models.calibration import Calibration
 
 DEFAULT_THRESHOLD = 0.5
 GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
@@ -35,6 +45,11 @@ def tune_thresholds(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str
     return thresholds
 
 
+def calibrated_grid(calibration: Calibration, grid: np.ndarray = GRID) -> np.ndarray:
+    """The points of ``grid`` (cut-offs on uncalibrated category scores) as ``calibration`` maps them."""
+    return calibration.categories(logit(np.asarray(grid, dtype=np.float64))).astype(np.float64)
+
+
 def apply_thresholds(probs: np.ndarray, thresholds: dict[str, float], labels: Sequence[str], *,
                      at_least_one: bool = False) -> np.ndarray:
     """0/1 predictions (n, C); with ``at_least_one``, a row with no category above its threshold gets its
@@ -48,13 +63,13 @@ def apply_thresholds(probs: np.ndarray, thresholds: dict[str, float], labels: Se
 
 
 def cross_fitted(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], *,
-                 at_least_one: bool = False) -> np.ndarray:
+                 at_least_one: bool = False, grid: np.ndarray = GRID) -> np.ndarray:
     """Thresholds tuned on the even rows applied to the odd rows and vice versa: 0/1 predictions (n, C) whose
     scores are not inflated by tuning on the rows they are measured on."""
     predicted = np.zeros(probs.shape, dtype=np.int8)
     rows = np.arange(len(probs))
     for tune_on, apply_to in ((rows % 2 == 0, rows % 2 == 1), (rows % 2 == 1, rows % 2 == 0)):
-        thresholds = tune_thresholds(probs[tune_on], targets[tune_on], labels)
+        thresholds = tune_thresholds(probs[tune_on], targets[tune_on], labels, grid=grid)
         predicted[apply_to] = apply_thresholds(probs[apply_to], thresholds, labels,
                                                  at_least_one=at_least_one)
     return predicted

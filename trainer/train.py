@@ -27,16 +27,18 @@ from tqdm.auto import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
+from models.calibration import IDENTITY, Calibration
 from models.checkpoint import CONFIG_FILE, architecture, load_checkpoint, save_checkpoint
 from models.device import autocast
 from models.labels import CorenessProxy
 from models.losses import classification_loss
-from models.predictor import score_texts
+from models.predictor import score_logits, score_texts
 from models.records import CORENESS_LABELS, Record, RecordError
+from trainer.calibration import calibration_config, fit_calibration
 from trainer.card import model_card
-from trainer.metrics import category_metrics, coreness_metrics
+from trainer.metrics import category_calibration, category_metrics, coreness_calibration, coreness_metrics
 from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
+from trainer.thresholds import apply_thresholds, calibrated_grid, cross_fitted, tune_thresholds
 from trainer.train_config import TrainConfig, TrainingError
 from trainer.training_data import (
     DataError,
@@ -166,38 +168,60 @@ def adam_optimizers(model: torch.nn.Module, learning_rate: float, weight_decay: 
 
 
 def coreness_summary(records: Sequence[Record], core_probs: np.ndarray) -> dict[str, Any]:
-    """Coreness accuracy, macro-F1 and per-class recall (with support) of predicted probabilities."""
+    """Coreness accuracy, macro-F1, per-class recall (with support) and calibration (ECE of the answer's score,
+    share of answers scored >= 0.999) of predicted probabilities."""
     core = coreness_metrics([r.coreness for r in records],
                             [CORENESS_LABELS[i] for i in core_probs.argmax(1)], CORENESS_LABELS)
+    calibration = coreness_calibration([r.coreness for r in records], core_probs, CORENESS_LABELS)
     return {"records": len(records), "coreness_accuracy": core["accuracy"], "coreness_macro_f1": core["macro_f1"],
             "coreness_recall": {row["label"]: row["recall"] for row in core["per_class"] if row["support"]},
-            "coreness_support": {row["label"]: row["support"] for row in core["per_class"] if row["support"]}}
+            "coreness_support": {row["label"]: row["support"] for row in core["per_class"] if row["support"]},
+            "coreness_ece": calibration["ece"], "coreness_mean_confidence": calibration["mean_confidence"],
+            "coreness_saturated_share": calibration["saturated_share"]}
 
 
 def evaluate_split(model: torch.nn.Module, records: Sequence[Record], labels: Sequence[str], *, device: str,
-                   batch_size: int, tune: bool, thresholds: dict[str, float] | None = None,
-                   at_least_one: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
-    """Metrics of ``model`` on ``records``; with ``tune``, thresholds are tuned on them first, and the summary
-    also has ``category_f1_*_cross_fitted``: F1 with thresholds tuned on the other half of the records."""
-    core_probs, cat_probs = score_texts(model, [r.text for r in records], batch_size=batch_size, device=device)
+                   batch_size: int, at_least_one: bool = True) -> tuple[dict[str, Any], dict[str, float], Calibration]:
+    """Score ``records`` (the held-out slice) with ``model``; see :func:`held_out_summary`."""
+    core_logits, cat_logits = score_logits(model, [r.text for r in records], batch_size=batch_size, device=device)
+    return held_out_summary(records, labels, core_logits, cat_logits, at_least_one)
+
+
+def held_out_summary(records: Sequence[Record], labels: Sequence[str], core_logits: np.ndarray,
+                     cat_logits: np.ndarray, at_least_one: bool = True) -> tuple[dict[str, Any], dict[str, float],
+                                                                                 Calibration]:
+    """From a held-out slice's logits: the calibration fitted on them, per-class thresholds tuned on the
+    calibrated scores (over :func:`trainer.thresholds.calibrated_grid`), and the metrics with both
+    (``category_f1_*_cross_fitted``: F1 with thresholds tuned on the other half of the records;
+    ``*_uncalibrated``: calibration before it)."""
     y_true = category_targets(records, labels)
-    if tune:
-        thresholds = tune_thresholds(cat_probs, y_true, labels)
-    thresholds = thresholds or {}
+    known = known_categories(records, labels)
+    calibration = fit_calibration(core_logits, coreness_targets(records), cat_logits, y_true, known)
+    core_probs, cat_probs = calibration.probabilities(core_logits, cat_logits)
+    grid = calibrated_grid(calibration)  # the same decisions as the uncalibrated scores over GRID
+    thresholds = tune_thresholds(cat_probs, y_true, labels, grid=grid)
     predicted = apply_thresholds(cat_probs, thresholds, labels, at_least_one=at_least_one)
     cats = category_metrics(y_true, predicted, cat_probs, labels, thresholds)
+    cat_calibration = category_calibration(y_true, cat_probs, predicted)
+    raw = IDENTITY.probabilities(core_logits, cat_logits)
     summary = {
         **coreness_summary(records, core_probs),
+        "coreness_ece_uncalibrated": coreness_calibration([r.coreness for r in records], raw[0],
+                                                          CORENESS_LABELS)["ece"],
         "category_f1_micro": cats["f1_micro"], "category_f1_macro": cats["f1_macro"],
         "category_f1_samples": cats["f1_samples"], "category_roc_auc_micro": cats["roc_auc_micro"],
         "category_map": cats["map"],
+        "category_top_ece": cat_calibration["top"]["ece"],
+        "category_top_saturated_share": cat_calibration["top"]["saturated_share"],
+        "category_returned_ece": cat_calibration["returned"]["ece"],
+        "category_top_ece_uncalibrated": category_calibration(y_true, raw[1], predicted)["top"]["ece"],
     }
-    if tune and len(records) >= 4:
-        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one),
-                                  cat_probs, labels)
+    if len(records) >= 4:
+        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one,
+                                                       grid=grid), cat_probs, labels)
         summary["category_f1_micro_cross_fitted"] = fitted["f1_micro"]
         summary["category_f1_macro_cross_fitted"] = fitted["f1_macro"]
-    return summary, thresholds
+    return summary, thresholds, calibration
 
 
 def coreness_class_weights(coreness: torch.Tensor, power: float) -> torch.Tensor:
@@ -323,16 +347,17 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     fitted = fit(model, train_records, extra_train_records, labels, opts, fresh=not resumed)
 
     score_batch = max(opts.batch_size, 64)
-    if valid_records:
-        valid_summary, thresholds = evaluate_split(model, valid_records, labels, device=opts.device,
-                                                   batch_size=score_batch, tune=True,
-                                                   at_least_one=opts.at_least_one_category)
+    calibration = IDENTITY
+    if valid_records:  # calibration fitted and thresholds tuned on the held-out slice, before any refit
+        valid_summary, thresholds, calibration = evaluate_split(model, valid_records, labels, device=opts.device,
+                                                                batch_size=score_batch,
+                                                                at_least_one=opts.at_least_one_category)
     else:
         valid_summary, thresholds = {}, {label: 0.5 for label in labels}
     metrics: dict[str, Any] = {"valid": valid_summary}
     if extra_valid_records:
         core_probs, _ = score_texts(model, [r.text for r in extra_valid_records], batch_size=score_batch,
-                                    device=opts.device)
+                                    device=opts.device, calibration=calibration)
         metrics["extra_valid"] = coreness_summary(extra_valid_records, core_probs)
     refit_seconds = None
     if opts.refit and valid_records and not resumed and opts.arch in REFIT_ARCHS:
@@ -350,6 +375,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
         "coreness_labels": list(CORENESS_LABELS),
         "category_labels": labels,
         "thresholds": thresholds,
+        "calibration": calibration_config(calibration, valid_records, opts.split),
         "at_least_one_category": opts.at_least_one_category,
         "metrics": metrics,
         "data_fingerprint": fingerprint(records + extra_train_records),
@@ -371,7 +397,8 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     }
     checkpoint_config["card"] = model_card(data, opts.extra_train, train_records, valid_records,
                                            extra_train_records, extra_valid_records, labels, metrics, opts.split,
-                                           refit=refit_seconds is not None)
+                                           refit=refit_seconds is not None,
+                                           calibration=checkpoint_config["calibration"])
     if "dont_run_on" in previous:
         checkpoint_config["dont_run_on"] = previous["dont_run_on"]
     path = save_checkpoint(model.cpu(), checkpoint_config, opts.output_dir)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from models.calibration import IDENTITY
 from models.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
 from models.embedding_cache import EmbeddingCache
 from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder, HybridClassifier
@@ -31,9 +32,8 @@ from models.losses import classification_loss
 from models.records import CORENESS_LABELS, Record
 from models.sparse_features import TfidfFeaturizer, fit_vocabulary
 from models.transformer import load_encoder
+from trainer.calibration import calibration_config
 from trainer.card import model_card
-from trainer.metrics import category_metrics
-from trainer.thresholds import apply_thresholds, cross_fitted, tune_thresholds
 from trainer.train import (  # train_model dispatches here and imports this module lazily
     FitResult,
     TrainingError,
@@ -43,6 +43,7 @@ from trainer.train import (  # train_model dispatches here and imports this modu
     coreness_prior_logits,
     coreness_summary,
     coreness_targets,
+    held_out_summary,
     to_records,
 )
 from trainer.train_config import TrainConfig
@@ -144,14 +145,14 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
 @torch.inference_mode()
 def score_cached(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[str],
                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Coreness (n, 3) and category (n, C) probabilities from precomputed embeddings."""
+    """Coreness (n, 3) and category (n, C) logits from precomputed embeddings."""
     model.eval()
     core, cats = [], []
     for start in range(0, len(texts), batch_size):
         features = model.featurizer.featurize(list(texts[start:start + batch_size]))
         out = model.heads(torch.from_numpy(embeddings[start:start + batch_size]), **features)
-        core.append(out.coreness_logits.float().softmax(-1).numpy())
-        cats.append(out.category_logits.float().sigmoid().numpy())
+        core.append(out.coreness_logits.float().numpy())
+        cats.append(out.category_logits.float().numpy())
     return np.concatenate(core), np.concatenate(cats)
 
 
@@ -232,14 +233,15 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
     model, fitted = fitted_model(train_records, train_emb)
 
     thresholds = {label: 0.5 for label in labels}
+    calibration = IDENTITY
     metrics: dict[str, Any] = {"valid": {}}
-    if valid_records:
-        core_probs, cat_probs = score_cached(model, valid_emb, [r.text for r in valid_records])
-        metrics["valid"], thresholds = probability_summary(valid_records, labels, core_probs, cat_probs,
-                                                           opts.at_least_one_category)
+    if valid_records:  # calibration fitted and thresholds tuned on the held-out slice, before the refit
+        core_logits, cat_logits = score_cached(model, valid_emb, [r.text for r in valid_records])
+        metrics["valid"], thresholds, calibration = held_out_summary(valid_records, labels, core_logits, cat_logits,
+                                                                     opts.at_least_one_category)
     if extra_check:
-        metrics["extra_valid"] = coreness_summary(extra_check, score_cached(model, check_emb,
-                                                                            [r.text for r in extra_check])[0])
+        core_logits, _ = score_cached(model, check_emb, [r.text for r in extra_check])
+        metrics["extra_valid"] = coreness_summary(extra_check, calibration.coreness(core_logits))
     refit = None
     if opts.refit and valid_records:
         # thresholds and metrics stay those of the held-out slice; the saved model also learns from it
@@ -259,35 +261,18 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
         "refit_on_all_records": refit is not None,
         "refit_seconds": None if refit is None else round(refit.seconds, 2), "device": opts.device,
     }
+    calibration_section = calibration_config(calibration, valid_records, opts.split)
     checkpoint_config = {
         "name": opts.name or "corestream-hybrid",
         "version": opts.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
         "coreness_labels": list(CORENESS_LABELS), "category_labels": labels, "thresholds": thresholds,
+        "calibration": calibration_section,
         "at_least_one_category": opts.at_least_one_category, "metrics": metrics,
         "data_fingerprint": fingerprint(records + extra_fit), "base_model": str(base_model), "training": training,
         "card": model_card(data, opts.extra_train, train_records, valid_records, extra_fit, extra_check, labels,
-                           metrics, opts.split, refit=refit is not None),
+                           metrics, opts.split, refit=refit is not None, calibration=calibration_section),
     }
     path = save_checkpoint(model.cpu(), checkpoint_config, opts.output_dir)
     log.info("saved hybrid checkpoint to %s", path, extra={"metrics": metrics["valid"]})
     return path
 
-
-def probability_summary(records: Sequence[Record], labels: Sequence[str], core_probs: np.ndarray,
-                        cat_probs: np.ndarray, at_least_one: bool) -> tuple[dict[str, Any], dict[str, float]]:
-    """Thresholds tuned on ``records`` and the metrics with them (the keys of ``trainer.train.evaluate_split``,
-    cross-fitted F1 included), from precomputed probabilities."""
-    y_true = category_targets(records, labels)
-    thresholds = tune_thresholds(cat_probs, y_true, labels)
-    predicted = apply_thresholds(cat_probs, thresholds, labels, at_least_one=at_least_one)
-    cats = category_metrics(y_true, predicted, cat_probs, labels, thresholds)
-    summary = {**coreness_summary(records, core_probs),
-               "category_f1_micro": cats["f1_micro"], "category_f1_macro": cats["f1_macro"],
-               "category_f1_samples": cats["f1_samples"], "category_roc_auc_micro": cats["roc_auc_micro"],
-               "category_map": cats["map"]}
-    if len(records) >= 4:
-        fitted = category_metrics(y_true, cross_fitted(cat_probs, y_true, labels, at_least_one=at_least_one),
-                                  cat_probs, labels)
-        summary["category_f1_micro_cross_fitted"] = fitted["f1_micro"]
-        summary["category_f1_macro_cross_fitted"] = fitted["f1_macro"]
-    return summary, thresholds
