@@ -117,3 +117,14 @@ def test_empty_fields_get_an_answer_and_both_empty_the_documented_one(client: Te
     both_empty = answers[-1]
     again = client.post("/api/predict/coreness", json={"title": "", "abstract": ""}).json()
     assert again == both_empty  # defined: the model's answer for an empty text, every time
+
+
+def test_scores_are_not_saturated(answers: list[dict[str, Any]]) -> None:
+    """The relevance sort needs graded scores: most answers below 0.99, and distinct relevance scores."""
+    top = sorted(results["scores"][results["prediction"]] for results in answers)
+    print("max-score quantiles:", [round(top[int(q * (len(top) - 1))], 4) for q in (0, 0.25, 0.5, 0.75, 0.9, 1)])
+    saturated = sum(score >= 0.99 for score in top) / len(top)
+    relevances = {round(client_relevance(results)["relevance_score"], 4) for results in answers}
+    print(f"saturated: {saturated:.2f}, distinct relevance: {len(relevances)} of {len(answers)}")
+    assert saturated < 0.25
+    assert len(relevances) >= 0.8 * len(answers)
