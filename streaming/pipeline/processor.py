@@ -30,6 +30,7 @@ from streaming.observability.metrics import (
     IN_FLIGHT_BATCHES,
     RECORDS_CONSUMED,
 )
+from streaming.pipeline import heap
 from streaming.pipeline.backpressure import Backpressure
 from streaming.pipeline.batcher import MicroBatcher
 from streaming.pipeline.commits import Committer
@@ -100,6 +101,7 @@ class StreamProcessor:
         self._lag_at = 0.0
         self._inference: InferenceStage | None = None
         self._sink_stage: SinkStage | None = None
+        self._heap_held = False
 
     # ------------------------------------------------------------------ public
 
@@ -116,6 +118,8 @@ class StreamProcessor:
         log.info("processor started", extra={"topics": self.settings.kafka.input_topics,
                                              "group": self.settings.kafka.group_id})
         try:
+            heap.hold()  # after the model loaded: see streaming/pipeline/heap.py
+            self._heap_held = True
             self._loop(stop, until_drained)
             self._finish()
         finally:
@@ -387,6 +391,9 @@ class StreamProcessor:
         IN_FLIGHT_BATCHES.set(0)
         self.backpressure.reset()
         self.committer.track_waiting(False)
+        if self._heap_held:
+            self._heap_held = False
+            heap.release()
         stats = self._snapshot()
         log.info("processor stopped", extra=vars(stats))
 
