@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -107,6 +108,12 @@ class ClassificationResult(BaseModel):
     categories: list[CategoryScore]  # above their thresholds, highest score first
     model: ModelInfo
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @cached_property
+    def json_bytes(self) -> bytes:
+        """The result as UTF-8 JSON, serialised once for every sink (a result is not modified once built);
+        ``ValueError`` when it cannot be (e.g. a lone surrogate in the id)."""
+        return self.model_dump_json().encode("utf-8")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -27,7 +27,9 @@ from streaming.observability.metrics import (
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
     SINK_ERRORS,
+    count_by_label,
 )
+from streaming.pipeline import heap
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
 from streaming.pipeline.envelope import Batch, Envelope
 from streaming.pipeline.offsets import Ownership
@@ -105,6 +107,7 @@ class InferenceStage(Stage):
         super().__init__("inference", **kw)
         self.model_source = model_source
         self.ownership = ownership
+        self._predictor: object = None
 
     def handle(self, batch: Batch) -> None:
         batch.items = [env for env in batch.items if self.ownership.owns(env.tp, env.epoch)]
@@ -112,6 +115,10 @@ class InferenceStage(Stage):
         if not todo:
             return
         predictor = self.model_source.current()
+        if predictor is not self._predictor:
+            swapped, self._predictor = self._predictor is not None, predictor
+            if swapped:
+                heap.refreeze()  # the old model collected, the new one frozen like the first
         started = time.perf_counter()
         results = self._predict(predictor, todo)
         INFERENCE_SECONDS.observe(time.perf_counter() - started)
@@ -124,10 +131,8 @@ class InferenceStage(Stage):
                 categories.update(category.label for category in result.categories)
             else:
                 env.rejection = result
-        for label, count in coreness.items():  # one metric update per label and batch, not per record
-            PREDICTIONS_CORENESS.labels(label=label).inc(count)
-        for label, count in categories.items():
-            PREDICTIONS_CATEGORY.labels(category=label).inc(count)
+        count_by_label(PREDICTIONS_CORENESS, coreness)  # one metric update per label and batch, not per record
+        count_by_label(PREDICTIONS_CATEGORY, categories)
 
     @staticmethod
     def _predict(predictor, todo: Sequence[Envelope]) -> list[ClassificationResult | RecordError]:

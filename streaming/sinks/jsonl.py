@@ -13,7 +13,7 @@ from streaming.sinks.base import SinkFailure, SinkUnavailable
 
 
 class JsonlSink:
-    """Appends ``result.model_dump_json()`` lines to ``path`` (created with its parent directory)."""
+    """Appends ``result.json_bytes`` lines to ``path`` (created with its parent directory)."""
 
     name = "jsonl"
     stores = True  # written before the output topic, which publishes only what the stores took
@@ -21,23 +21,21 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("ab")
         self._lock = threading.Lock()
 
     def write(self, results: Sequence[ClassificationResult]) -> list[SinkFailure]:
-        lines: list[str] = []
+        lines: list[bytes] = []
         failures: list[SinkFailure] = []
         for result in results:
             try:
-                line = result.model_dump_json() + "\n"
-                line.encode("utf-8")  # what the file's encoding would refuse half-way through a write
-                lines.append(line)
+                lines.append(result.json_bytes)  # UTF-8 already: nothing is refused half-way through a write
             except ValueError as exc:  # UnicodeEncodeError, PydanticSerializationError
                 SINK_ERRORS.labels(sink=self.name, kind="serialise").inc()
                 failures.append(SinkFailure(result.id, f"cannot serialise the result: {type(exc).__name__}: {exc}"))
         try:
             with self._lock:  # writes from concurrent sink groups must not interleave
-                self._file.write("".join(lines))
+                self._file.write(b"".join(line + b"\n" for line in lines))
                 self._file.flush()
                 os.fsync(self._file.fileno())
         except OSError as exc:
@@ -51,7 +49,7 @@ class JsonlSink:
     def reset(self) -> None:
         """Reopen the file (after :class:`SinkFatal`)."""
         self._file.close()
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("ab")
 
     def close(self) -> None:
         self._file.close()

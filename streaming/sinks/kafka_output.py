@@ -29,7 +29,7 @@ SINK_ERRORS_FATAL = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError
 
 
 class OutputTopicSink:
-    """Produces ``result.model_dump_json()`` with headers ``model_name``/``model_version`` and waits for delivery.
+    """Produces ``result.json_bytes`` with headers ``model_name``/``model_version`` and waits for delivery.
 
     ``producer_factory`` builds a replacement producer for :meth:`reset` (after a fatal producer error).
     """
@@ -132,7 +132,7 @@ class OutputTopicSink:
 
 def _message(result: ClassificationResult) -> tuple[bytes, bytes, dict[str, str]]:
     key = encoded_id(result)
-    value = result.model_dump_json().encode("utf-8")
+    value = result.json_bytes
     headers = {"model_name": result.model.name, "model_version": result.model.version}
     for text in headers.values():
         text.encode("utf-8")
