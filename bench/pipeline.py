@@ -192,13 +192,32 @@ class ModelClock:
             Predictor.predict_proba = original  # type: ignore[method-assign]
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of each thread of this process so far, by name (Python's thread name, else the OS one: e.g.
+    librdkafka's ``rdk:broker…``; several threads of one kind summed, ``sink-write_0`` counts as ``sink-write``)."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), comm).split("_")[0].split(" (")[0]
+        name = "librdkafka" if name.startswith("rdk:") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 class CpuMeter:
-    """CPU seconds of this process, of the model (``clock``) and of each server group between start and stop."""
+    """CPU seconds of this process, of the model (``clock``) and of each server group between start and stop;
+    ``threads``: the processor's threads, per 1,000 records, from :func:`thread_cpu_s`."""
 
     def __init__(self, servers: dict[str, int], clock: ModelClock | None = None) -> None:
         self.servers, self.clock = servers, clock
         self._start = self._read()
         self._end = self._start
+        self._threads_start = self._threads_end = thread_cpu_s()
 
     def _read(self) -> dict[str, float]:
         model = {"model": self.clock.cpu_s} if self.clock is not None else {}
@@ -207,9 +226,15 @@ class CpuMeter:
 
     def stop(self) -> None:
         self._end = self._read()
+        self._threads_end = thread_cpu_s()
 
     def ms_per_1k(self, records: int) -> dict[str, float]:
         return {name: round(1e6 * (self._end[name] - self._start[name]) / records, 1) for name in self._end}
+
+    def threads_ms_per_1k(self, records: int) -> dict[str, float]:
+        spent = {name: 1e6 * (cpu - self._threads_start.get(name, 0.0)) / records
+                 for name, cpu in self._threads_end.items()}
+        return {name: round(ms, 1) for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.5}
 
 
 @contextmanager
@@ -303,7 +328,8 @@ def processor_run(settings: Settings, records: Sequence[Record], timeout_s: floa
         raise RuntimeError(f"only {len(probe.acked)}/{len(records)} records acknowledged within {timeout_s}s")
     times = sorted(probe.acked.values())
     timed = len(times) - sum(1 for t in times if t == times[0])
-    return {"rps": timed / (times[-1] - times[0]), "stages": stage_report(before), "cpu": cpu.ms_per_1k(timed)}
+    return {"rps": timed / (times[-1] - times[0]), "stages": stage_report(before), "cpu": cpu.ms_per_1k(timed),
+            "threads": cpu.threads_ms_per_1k(timed)}
 
 
 # ---------------------------------------------------------------------------------------------- the bare loop
@@ -531,6 +557,8 @@ def main() -> None:
             cpu = run["cpu"]
             print(f"round {round_no + 1} {mode:<9} {run['rps']:7.0f} records/s; CPU ms per 1k records: "
                   + ", ".join(f"{name} {ms:.0f}" for name, ms in cpu.items()), flush=True)
+            if "threads" in run:
+                print("    threads: " + ", ".join(f"{name} {ms:.0f}" for name, ms in run["threads"].items()))
 
     def med(mode: str, name: str) -> float:
         return float(statistics.median(run["cpu"][name] for run in runs[mode]))
@@ -553,7 +581,8 @@ def main() -> None:
         "bare_rps": round(statistics.median(r["rps"] for r in runs["bare"]), 1),
         "pipeline_cpu_ms_per_1k": {name: med("processor", name) for name in runs["processor"][0]["cpu"]},
         "bare_pipeline_cpu_ms_per_1k": {name: med("bare", name) for name in runs["bare"][0]["cpu"]},
-        "rounds": {mode: [{"rps": round(r["rps"], 1), "cpu_ms_per_1k": r["cpu"]} for r in rs]
+        "rounds": {mode: [{"rps": round(r["rps"], 1), "cpu_ms_per_1k": r["cpu"],
+                           **({"threads_ms_per_1k": r["threads"]} if "threads" in r else {})} for r in rs]
                    for mode, rs in runs.items()},
     }
     if not args.quick:

@@ -8,6 +8,7 @@ then pauses its partitions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 REASON_SINK_FAILED = "sink_failed"
 REASON_INFERENCE_FAILED = "inference_failed"
 UNEXPECTED = "unexpected error:"
+_WAKE = object()  # put in the sink stage's inbox when a write finishes, instead of polling for it
 
 
 class StageStopped(Exception):
@@ -224,7 +226,9 @@ class SinkStage(Stage):
                 if group and len(in_flight) < self.max_in_flight and (
                         full or ended or self.inbox.empty() or time.monotonic() - opened >= self.group_wait_s):
                     merged = group[0] if len(group) == 1 else Batch(group[0].seq, [e for b in group for e in b.items])
-                    in_flight.append((group, merged, pool.submit(self._write, merged)))
+                    future = pool.submit(self._write, merged)
+                    future.add_done_callback(self._wake)
+                    in_flight.append((group, merged, future))
                     group, records, size = [], 0, 0
                     continue
                 if ended and not group and not in_flight:
@@ -233,8 +237,10 @@ class SinkStage(Stage):
                     wait([in_flight[0][2]], timeout=0.1)
                     continue
                 try:
-                    batch = self.inbox.get(timeout=0.002 if in_flight or group else 0.1)
+                    batch = self.inbox.get(timeout=0.1)  # a batch, or woken by a finished write
                 except queue.Empty:
+                    continue
+                if batch is _WAKE:
                     continue
                 self.on_progress()  # room in the inbox
                 if batch is None:
@@ -251,6 +257,11 @@ class SinkStage(Stage):
             pool.shutdown(wait=False, cancel_futures=True)
             if self._store_pool is not None:
                 self._store_pool.shutdown(wait=False)
+
+    def _wake(self, _future: Future) -> None:
+        """A write finished: wake :meth:`serve` if it waits for a batch (a full inbox needs no wake-up)."""
+        with contextlib.suppress(queue.Full):
+            self.inbox.put_nowait(_WAKE)
 
     def _complete(self, in_flight: deque[tuple[list[Batch], Batch, Future]]) -> None:
         """Pass on the batches of finished writes, oldest first; a write that raised stops the stage."""
