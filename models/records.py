@@ -5,7 +5,10 @@ Two input shapes are accepted and normalised to one :class:`Record`:
 * INSPIRE-style literature records: ``control_number``, ``titles[].title``, ``abstracts[].value``,
   ``arxiv_eprints[].categories``, ``acquisition_source.source``, ``core`` (all but a title or
   abstract optional);
-* flat records: ``id``, ``title``, ``abstract``, optional ``categories``, ``source``, ``coreness``.
+* flat records: ``id``, ``title``, ``abstract``, optional ``categories``, ``source``, ``coreness``;
+
+either may carry its own version (``updated``/``_updated``, an arXiv ``version``/``versions``:
+:mod:`models.record_version`), which keeps a replayed older version from overwriting a newer one.
 
 Bad input raises :class:`RecordError`, whose ``reason`` is a short machine-readable code (used for the
 dead-letter topic and metrics) and whose message says precisely what is wrong. Error messages never quote
@@ -28,6 +31,8 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
+
+from models.record_version import record_version
 
 CORENESS_LABELS: tuple[str, ...] = ("core", "non_core", "rejected")
 CorenessLabel = Literal["core", "non_core", "rejected"]
@@ -71,6 +76,7 @@ class Record(BaseModel):
     categories: list[str] = Field(default_factory=list)
     source: str | None = None
     coreness: CorenessLabel | None = None  # a known label (training data), if any
+    version: int | None = None  # the record's own version, if it carries one (models/record_version.py)
 
     @property
     def text(self) -> str:
@@ -108,12 +114,17 @@ class ClassificationResult(BaseModel):
     categories: list[CategoryScore]  # above their thresholds, highest score first
     model: ModelInfo
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    record_version: int | None = None  # the classified record's own version (Record.version), if any
 
     @cached_property
     def json_bytes(self) -> bytes:
-        """The result as UTF-8 JSON, serialised once for every sink (a result is not modified once built);
+        """The result as UTF-8 JSON, serialised once for every sink (setting a field serialises it anew);
         ``ValueError`` when it cannot be (e.g. a lone surrogate in the id)."""
         return self.model_dump_json().encode("utf-8")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("json_bytes", None)
+        super().__setattr__(name, value)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -339,7 +350,8 @@ def _from_inspire(data: Mapping[str, Any]) -> Record:
         raise _invalid(f"field 'acquisition_source' must be an object, got {_json_type(acquisition)}")
     source = _optional_str((acquisition or {}).get("source"), "acquisition_source.source")
     coreness = _coreness(data.get("coreness", data.get("core")), "core")
-    return Record(id=record_id, title=title, abstract=abstract, categories=categories, source=source, coreness=coreness)
+    return Record(id=record_id, title=title, abstract=abstract, categories=categories, source=source, coreness=coreness,
+                  version=_version(data))
 
 
 def _from_flat(data: Mapping[str, Any]) -> Record:
@@ -354,4 +366,12 @@ def _from_flat(data: Mapping[str, Any]) -> Record:
         categories=_string_list(data.get("categories"), "categories"),
         source=_optional_str(data.get("source"), "source"),
         coreness=_coreness(data.get("coreness", data.get("core")), "coreness"),
+        version=_version(data),
     )
+
+
+def _version(data: Mapping[str, Any]) -> int | None:
+    try:
+        return record_version(data)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None

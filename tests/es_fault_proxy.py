@@ -2,7 +2,8 @@
 
 Modes: pass-through (default), :meth:`EsFaultProxy.fail_next` (the next N matching requests get an error
 status), :meth:`~EsFaultProxy.fail_all` (every request gets an error status), :meth:`~EsFaultProxy.refuse`
-(stop listening and drop open connections: clients see "connection refused"), :meth:`~EsFaultProxy.heal`.
+(stop listening and drop open connections: clients see "connection refused"), :meth:`~EsFaultProxy.heal`;
+:meth:`~EsFaultProxy.miscount_bulk` (the next N bulk answers list one item fewer or more than were sent).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
-            data = response.read()
+            data = proxy._mangle(self.path, response.read())
         except OSError as exc:  # upstream down: answer like a gateway would
             self.send_error(502, f"upstream unreachable: {exc}")
             return
@@ -98,6 +99,8 @@ class EsFaultProxy:
         self._fail_next_status = 429
         self._fail_next_match = ""
         self._fail_all_status: int | None = None
+        self._miscount = 0
+        self._miscount_by = -1
         self._connections: set[socket.socket] = set()
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
@@ -125,9 +128,15 @@ class EsFaultProxy:
     def heal(self) -> None:
         """Back to pass-through (listening again on the same port if refused)."""
         with self._lock:
-            self._fail_next, self._fail_all_status = 0, None
+            self._fail_next, self._fail_all_status, self._miscount = 0, None, 0
         if self._server is None:
             self._start_server()
+
+    def miscount_bulk(self, n: int, by: int = -1) -> None:
+        """The next ``n`` bulk answers (passed through from upstream) lose their last item (``by=-1``) or list
+        it twice (``by=1``)."""
+        with self._lock:
+            self._miscount, self._miscount_by = n, by
 
     def count(self, match: str = "_bulk", status: int | None = None) -> int:
         """How many answered requests had ``match`` in their path (and ``status``, if given)."""
@@ -144,6 +153,17 @@ class EsFaultProxy:
                 self._fail_next -= 1
                 return self._fail_next_status
         return None
+
+    def _mangle(self, path: str, data: bytes) -> bytes:
+        with self._lock:
+            if "_bulk" not in path or self._miscount <= 0:
+                return data
+            self._miscount -= 1
+            by = self._miscount_by
+        answer = json.loads(data)
+        items = answer.get("items", [])
+        answer["items"] = items[:-1] if by < 0 else items + items[-1:] * by
+        return json.dumps(answer).encode()
 
     def _record(self, method: str, path: str, status: int) -> None:
         with self._lock:

@@ -56,7 +56,9 @@ def test_batches_are_gathered_written_concurrently_and_passed_on_in_order(tansu,
     inbox: queue.Queue = queue.Queue()
     outbox: queue.Queue = queue.Queue()
     crashes: list[BaseException] = []
-    stage = SinkStage([sink], DeadLetterWriter(make_producer(settings), settings), Ownership(), backoff_s=0.1,
+    ownership = Ownership()
+    ownership.assign([("in", 0)])  # epoch 1
+    stage = SinkStage([sink], DeadLetterWriter(make_producer(settings), settings), ownership, backoff_s=0.1,
                       max_backoff_s=0.5, dlq_timeout_s=15, max_dead_letter_bytes=1_000_000,
                       on_outage=lambda down: None, group_records=40, group_wait_ms=50, max_in_flight=3,
                       inbox=inbox, outbox=outbox, abort=threading.Event(), on_crash=crashes.append,

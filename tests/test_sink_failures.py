@@ -44,10 +44,14 @@ def make_result(record_id: str) -> ClassificationResult:
                                                                                             rejected=0.1)))
 
 
-def sink_stage(sinks, writer: DeadLetterWriter, max_dead_letter_bytes: int = 2_000_000) -> SinkStage:
-    """A sink stage driven directly (``handle``), as the Faust worker does."""
+def sink_stage(sinks, writer: DeadLetterWriter, max_dead_letter_bytes: int = 2_000_000, *,
+               topic: str) -> SinkStage:
+    """A sink stage driven directly (``handle``), as the Faust worker does; it owns ``topic``'s partition 0 under
+    epoch 1 (:func:`batch_of`)."""
     crashes: list[BaseException] = []
-    return SinkStage(sinks, writer, Ownership(), backoff_s=0.1, max_backoff_s=0.5, dlq_timeout_s=15,
+    ownership = Ownership()
+    ownership.assign([(topic, 0)])
+    return SinkStage(sinks, writer, ownership, backoff_s=0.1, max_backoff_s=0.5, dlq_timeout_s=15,
                      max_dead_letter_bytes=max_dead_letter_bytes, on_outage=lambda down: None, inbox=None,
                      outbox=None, abort=threading.Event(), on_crash=crashes.append, on_progress=lambda: None)
 
@@ -85,7 +89,7 @@ def test_result_no_sink_can_serialise_is_dead_lettered_others_written_once(noida
     settings = stream_settings(noida.bootstrap, es_url)
     topic = settings.kafka.input_topics[0]
     writer = DeadLetterWriter(make_producer(settings), settings)
-    stage = sink_stage(build_sinks(settings, make_producer(settings)), writer)
+    stage = sink_stage(build_sinks(settings, make_producer(settings)), writer, topic=topic)
     good = [make_result(f"g{i}") for i in range(10)]
     stage.handle(batch_of(topic, [*good[:5], make_result("\ud800-0"), *good[5:]]))
     assert stage.classified == 10 and stage.dead_lettered == 1
@@ -120,7 +124,7 @@ def test_unknown_sink_error_splits_the_batch_and_dead_letters_only_that_record(t
     topic = settings.kafka.input_topics[0]
     path = tmp_path / "out.jsonl"
     sink = RaisesOn(JsonlSink(path), "r5")
-    stage = sink_stage([sink], DeadLetterWriter(make_producer(settings), settings))
+    stage = sink_stage([sink], DeadLetterWriter(make_producer(settings), settings), topic=topic)
     stage.handle(batch_of(topic, [make_result(f"r{i}") for i in range(16)]))
     written = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert sorted(written) == sorted(f"r{i}" for i in range(16) if i != 5)  # each once

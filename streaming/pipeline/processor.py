@@ -323,6 +323,8 @@ class StreamProcessor:
                 time.sleep(0.02)
             self._commit_completed(final=True)  # the answer is known before the partitions go
         self._release(revoked, why="revoked")
+        if not self._closing and self._sink_stage is not None:
+            self._sink_stage.wait_writes(revoked, self.settings.batch.revoke_wait_s)  # none lands after the new owner's
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._release({(p.topic, p.partition) for p in partitions}, why="lost")

@@ -14,9 +14,9 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from config.settings import Settings
 from models.records import ClassificationResult, RecordError
@@ -33,7 +33,7 @@ from streaming.observability.metrics import (
 from streaming.pipeline import heap
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
 from streaming.pipeline.envelope import Batch, Envelope
-from streaming.pipeline.offsets import Ownership
+from streaming.pipeline.offsets import Ownership, TopicPartition
 from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class InferenceStage(Stage):
         categories: Counter[str] = Counter()
         for env, result in zip(todo, results, strict=True):
             if isinstance(result, ClassificationResult):
+                if env.record.version is not None:
+                    result.record_version = env.record.version  # the sinks' guard against stale versions
                 env.result = result
                 coreness[result.coreness.label] += 1
                 categories.update(category.label for category in result.categories)
@@ -153,6 +155,15 @@ class InferenceStage(Stage):
         return out
 
 
+class InFlight(NamedTuple):
+    """A sink write in progress: the batches it gathered, their merged batch, its future and its record ids."""
+
+    group: list[Batch]
+    merged: Batch
+    future: Future
+    ids: frozenset[str]
+
+
 class SinkStopped(RuntimeError):
     """A sink or the dead-letter producer failed for good, also after recreating its client: the processor stops
     (non-zero exit) rather than retry for ever while looking healthy."""
@@ -169,6 +180,9 @@ class SinkStage(Stage):
     and dead-lettered. The stores (sinks with ``stores = True``: Elasticsearch, JSONL) are written first and
     concurrently; the other sinks (the output topic) after them, with only the results every store took, so a
     record refused by a store is dead-lettered and never published as classified.
+
+    Newest version wins (docs/processor.md): a write waits for the earlier writes in flight that hold one of its
+    ids, writes only the last result per id, and never starts an attempt for partitions no longer owned.
     """
 
     def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterWriter, ownership: Ownership, *,
@@ -191,6 +205,7 @@ class SinkStage(Stage):
         self.dead_lettered = 0
         self._dlq_lock = threading.Lock()  # one group's dead letters are sent and confirmed at a time
         self._store_pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[InFlight] = deque()
 
     @classmethod
     def from_settings(cls, settings: Settings, sinks: Sequence[Sink], dead_letters: DeadLetterWriter,
@@ -210,9 +225,10 @@ class SinkStage(Stage):
     def serve(self) -> None:
         """Gathers consecutive batches into one sink write (up to ``group_records`` results, ``group_bytes``
         estimated bytes, or ``group_wait_ms`` while the input keeps coming) and keeps up to ``max_in_flight``
-        writes going at once; batches are passed on strictly in order, each once its write is complete."""
+        writes going at once; batches are passed on strictly in order, each once its write is complete. A write
+        that shares an id with an earlier write in flight waits for it (writes of disjoint ids run concurrently)."""
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sink-write")
-        in_flight: deque[tuple[list[Batch], Batch, Future]] = deque()
+        in_flight = self._in_flight
         group: list[Batch] = []
         records = size = 0
         opened = 0.0
@@ -226,15 +242,17 @@ class SinkStage(Stage):
                 if group and len(in_flight) < self.max_in_flight and (
                         full or ended or self.inbox.empty() or time.monotonic() - opened >= self.group_wait_s):
                     merged = group[0] if len(group) == 1 else Batch(group[0].seq, [e for b in group for e in b.items])
-                    future = pool.submit(self._write, merged)
+                    ids = frozenset(env.result.id for env in merged.items if env.result is not None)
+                    after = [w.future for w in in_flight if not w.future.done() and not w.ids.isdisjoint(ids)]
+                    future = pool.submit(self._write, merged, after)
                     future.add_done_callback(self._wake)
-                    in_flight.append((group, merged, future))
+                    in_flight.append(InFlight(group, merged, future, ids))
                     group, records, size = [], 0, 0
                     continue
                 if ended and not group and not in_flight:
                     break
                 if ended or full:
-                    wait([in_flight[0][2]], timeout=0.1)
+                    wait([in_flight[0].future], timeout=0.1)
                     continue
                 try:
                     batch = self.inbox.get(timeout=0.1)  # a batch, or woken by a finished write
@@ -263,15 +281,34 @@ class SinkStage(Stage):
         with contextlib.suppress(queue.Full):
             self.inbox.put_nowait(_WAKE)
 
-    def _complete(self, in_flight: deque[tuple[list[Batch], Batch, Future]]) -> None:
+    def _complete(self, in_flight: deque[InFlight]) -> None:
         """Pass on the batches of finished writes, oldest first; a write that raised stops the stage."""
-        while in_flight and in_flight[0][2].done():
-            group, merged, future = in_flight.popleft()
-            self._count(future.result())
-            for batch in group:
-                batch.abandoned = batch.abandoned or merged.abandoned
+        while in_flight and in_flight[0].future.done():
+            write = in_flight.popleft()
+            self._count(write.future.result())
+            for batch in write.group:
+                batch.abandoned = batch.abandoned or write.merged.abandoned
                 self.put(self.outbox, batch)
             self.on_progress()
+
+    def writing(self, partitions: Collection[TopicPartition]) -> bool:
+        """Whether a write that holds records of ``partitions`` is still running (any thread may ask)."""
+        return any(not write.future.done() and not write.merged.positions.keys().isdisjoint(partitions)
+                   for write in list(self._in_flight))
+
+    def wait_writes(self, revoked: Collection[TopicPartition], timeout_s: float) -> bool:
+        """After a revoke (ownership already ended): wait up to ``timeout_s`` for the writes still running with
+        records of ``revoked`` (no new attempt starts for them) so that none lands after the new owner's; False,
+        with a warning, if one still runs."""
+        deadline = time.monotonic() + timeout_s
+        while self.writing(revoked):
+            if time.monotonic() >= deadline:
+                log.warning("a sink write for revoked partitions is still running; it may land after the new "
+                            "owner's (versioned records are guarded in Elasticsearch)",
+                            extra={"partitions": sorted(f"{t}[{p}]" for t, p in revoked)})
+                return False
+            time.sleep(0.02)
+        return True
 
     def _count(self, counts: tuple[int, int] | None) -> None:
         if counts is not None:
@@ -284,20 +321,27 @@ class SinkStage(Stage):
         """Write one batch (the Faust worker's way in)."""
         self._count(self._write(batch))
 
-    def _write(self, batch: Batch) -> tuple[int, int] | None:
-        """Results to every sink, then dead letters; (classified, dead-lettered), or None if abandoned."""
-        results = [env.result for env in batch.items if env.result is not None]
+    def _write(self, batch: Batch, after: Sequence[Future] = ()) -> tuple[int, int] | None:
+        """Once the earlier writes ``after`` (that share ids with this one) are done: results to every sink, then
+        dead letters; (classified, dead-lettered), or None if abandoned. Of several results for one id only the
+        last (the newest version) is written; the others count as classified with it."""
+        while after and wait(after, timeout=0.1).not_done:
+            if self.abort.is_set():
+                raise StageStopped
+        results = list({env.result.id: env.result for env in batch.items if env.result is not None}.values())
         failures: dict[str, str] = {}
-        if results and not self._write_stores(batch, results, failures):
+        lost: set[str] = set()  # ids of partitions revoked meanwhile: not written, not counted
+        if results and not self._write_stores(batch, results, failures, lost):
             return None
         for sink in self.others:
             todo = [result for result in results if result.id not in failures]  # one outcome per record
-            if todo and not self._write_sink(batch, sink, todo, failures):
+            if todo and not self._write_sink(batch, sink, todo, failures, lost):
                 return None
         dead_lettered = self._dead_letter(batch, failures)
         if dead_lettered is None:
             return None
-        written = [env for env in batch.items if env.result is not None and env.result.id not in failures]
+        written = [env for env in batch.items
+                   if env.result is not None and env.result.id not in failures and env.result.id not in lost]
         RECORDS_CLASSIFIED.inc(len(written))
         now = time.time()
         for env in written:
@@ -305,14 +349,15 @@ class SinkStage(Stage):
                 END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
         return len(written), dead_lettered
 
-    def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str]) -> bool:
+    def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str],
+                      lost: set[str]) -> bool:
         """The stores (Elasticsearch, JSONL) take the results concurrently."""
         if len(self.stores) <= 1:
-            return all(self._write_sink(batch, sink, results, failures) for sink in self.stores)
+            return all(self._write_sink(batch, sink, results, failures, lost) for sink in self.stores)
         if self._store_pool is None:
             self._store_pool = ThreadPoolExecutor(len(self.stores), thread_name_prefix="sink-store")
         each = [{} for _ in self.stores]
-        futures = [self._store_pool.submit(self._write_sink, batch, sink, results, found)
+        futures = [self._store_pool.submit(self._write_sink, batch, sink, results, found, lost)
                    for sink, found in zip(self.stores, each, strict=True)]
         done = [future.result() for future in futures]
         for found in each:
@@ -321,11 +366,17 @@ class SinkStage(Stage):
         return all(done)
 
     def _write_sink(self, batch: Batch, sink: Sink, todo: list[ClassificationResult],
-                    failures: dict[str, str]) -> bool:
+                    failures: dict[str, str], lost: set[str]) -> bool:
         """Write ``todo`` to one sink, noting refused records in ``failures``; False if the batch was abandoned."""
         attempt = 0
         recreated = False
         while todo:
+            todo = self._owned(batch, todo, lost)
+            if not todo:
+                if not any(self.ownership.owns(tp, epoch) for tp, (_, epoch) in batch.positions.items()):
+                    batch.abandoned = True  # every partition of it was revoked
+                    return False
+                break
             try:
                 for failure in self._isolate(sink, todo):
                     failures.setdefault(failure.record_id, f"{sink.name}: {failure.reason}")
@@ -343,6 +394,16 @@ class SinkStage(Stage):
         if attempt:
             self.on_outage(False)
         return True
+
+    def _owned(self, batch: Batch, todo: list[ClassificationResult], lost: set[str]) -> list[ClassificationResult]:
+        """``todo`` less the results of partitions revoked since they were read (noted in ``lost``): no attempt
+        starts for them, so a revoked member's late write cannot land after the new owner's."""
+        gone = {tp for tp, (_, epoch) in batch.positions.items() if not self.ownership.owns(tp, epoch)}
+        if not gone:
+            return todo
+        dropped = {env.result.id for env in batch.items if env.result is not None and env.tp in gone}
+        lost.update(dropped)
+        return [result for result in todo if result.id not in dropped]
 
     def _isolate(self, sink: Sink, results: list[ClassificationResult]) -> list[SinkFailure]:
         """``sink.write``; an unexpected exception splits the batch in halves until the record causing it is

@@ -1,4 +1,10 @@
-"""The Elasticsearch sink: a partial update per result (``doc_as_upsert``) through the official bulk helper.
+"""The Elasticsearch sink: a partial update per result (``doc_as_upsert``), one bulk request per write.
+
+A result that carries its record's own version (``record_version``) is written by a guarded update instead: a
+painless script leaves the document as it is when it already holds a newer version, so a replayed or late older
+version never overwrites a newer one (the stale write succeeds as a no-op). A bulk answer whose item count differs
+from the actions sent is an unknown error for the whole request (:class:`BulkAnswerMismatch`): nothing of it is
+counted as written, and the processor isolates and retries as for any unknown error.
 
 Retries whole-request failures (connection errors, timeouts, 429 and 5xx) and transient per-item failures
 (429, 5xx, 409) with exponential backoff; other per-item errors (e.g. a mapping conflict) cannot succeed on
@@ -10,12 +16,14 @@ cannot succeed on retry: :class:`SinkFatal`; 413 (request too large) splits the 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportError, helpers
+import orjson
+from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportError
 
 from config.clients import es_client
 from config.settings import Settings
@@ -59,6 +67,7 @@ INDEX_MAPPINGS: dict[str, Any] = {
                     }
                 },
                 "classified_at": {"type": "date"},
+                "record_version": {"type": "long"},
             }
         }
     },
@@ -83,19 +92,30 @@ def ensure_index(client: Elasticsearch, index: str) -> bool:
 BULK_RESPONSE_FIELDS = "items.*.status,items.*.error"
 UpdateAction = tuple[dict[str, Any], bytes]  # (bulk header, body): already expanded and serialised
 
+# Sets ``classification`` unless the document holds a newer version of the record (then a no-op, status 200).
+# Equal versions overwrite (the same version classified again, e.g. by a new model).
+VERSION_GUARD = ("def held = ctx._source.classification; "
+                 "if (held != null && held.record_version != null && held.record_version > params.c.record_version) "
+                 "{ ctx.op = 'noop' } else { ctx._source.classification = params.c }")
+_GUARDED = (b'{"script":{"lang":"painless","source":' + json.dumps(VERSION_GUARD).encode()
+            + b',"params":{"c":%s}},"scripted_upsert":true,"upsert":{}}')
+
+
+class BulkAnswerMismatch(RuntimeError):
+    """Elasticsearch answered a bulk request with another number of items than were sent: which document each
+    answer belongs to is unknown, so none counts as written (an unknown error: the batch is split and retried)."""
+
 
 def update_action(index: str, result: ClassificationResult) -> UpdateAction:
-    """Bulk action: set ``classification`` on the record's document, creating it if needed. The body embeds the
-    result's JSON as every sink sends it (:attr:`ClassificationResult.json_bytes`, serialised once)."""
+    """Bulk action: set ``classification`` on the record's document, creating it if needed; guarded by
+    :data:`VERSION_GUARD` when the result carries its record's version. The body embeds the result's JSON as every
+    sink sends it (:attr:`ClassificationResult.json_bytes`, serialised once)."""
     header = {"update": {"_index": index, "_id": result.id,
                          # another writer updated the document meanwhile: Elasticsearch re-applies ours
                          "retry_on_conflict": 3}}
+    if result.record_version is not None:
+        return header, _GUARDED % result.json_bytes
     return header, b'{"doc":{"classification":%s},"doc_as_upsert":true}' % result.json_bytes
-
-
-def _expanded(action: UpdateAction) -> UpdateAction:
-    """The bulk helper's ``expand_action_callback``: our actions come expanded."""
-    return action
 
 
 def _action_id(action: UpdateAction) -> str:
@@ -187,21 +207,27 @@ class ElasticsearchSink:
         retry: list[UpdateAction] = []
         permanent: list[SinkFailure] = []
         last_error = ""
+        lines: list[bytes] = []
+        for header, body in actions:
+            lines += (orjson.dumps(header), body)
         with ES_BULK_SECONDS.time():
-            outcomes = helpers.streaming_bulk(self.client, actions, raise_on_error=False, yield_ok=True,
-                                              expand_action_callback=_expanded, filter_path=BULK_RESPONSE_FIELDS,
-                                              chunk_size=max(500, len(actions)))  # one request per write
-            for action, (ok, item) in zip(actions, outcomes, strict=False):
-                if ok:
-                    continue
-                info = next(iter(item.values()))
-                error = _item_error(info)
-                if info.get("status") in TRANSIENT_STATUS:
-                    retry.append(action)
-                    last_error = error
-                else:
-                    SINK_ERRORS.labels(sink=self.name, kind="item").inc()
-                    permanent.append(SinkFailure(_action_id(action), f"Elasticsearch rejected the document: {error}"))
+            items = self.client.bulk(operations=lines, filter_path=BULK_RESPONSE_FIELDS).body.get("items", [])
+        if len(items) != len(actions):
+            SINK_ERRORS.labels(sink=self.name, kind="answer_mismatch").inc()
+            raise BulkAnswerMismatch(f"Elasticsearch answered {len(items)} items to a bulk request of "
+                                     f"{len(actions)} actions")
+        for action, item in zip(actions, items, strict=True):
+            info = next(iter(item.values()))
+            status = info.get("status", 500)
+            if 200 <= status < 300:
+                continue
+            error = _item_error(info)
+            if status in TRANSIENT_STATUS:
+                retry.append(action)
+                last_error = error
+            else:
+                SINK_ERRORS.labels(sink=self.name, kind="item").inc()
+                permanent.append(SinkFailure(_action_id(action), f"Elasticsearch rejected the document: {error}"))
         return retry, permanent, last_error
 
     def check(self) -> bool:
