@@ -9,6 +9,7 @@ naming the results that were delivered so that a retry does not send them again.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -130,13 +131,14 @@ class OutputTopicSink:
         self.producer.flush(self.delivery_timeout_s)
 
 
-def _message(result: ClassificationResult) -> tuple[bytes, bytes, dict[str, str]]:
-    key = encoded_id(result)
-    value = result.json_bytes
-    headers = {"model_name": result.model.name, "model_version": result.model.version}
-    for text in headers.values():
-        text.encode("utf-8")
-    return key, value, headers
+def _message(result: ClassificationResult) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return encoded_id(result), result.json_bytes, _headers(result.model.name, result.model.version)
+
+
+@functools.lru_cache(maxsize=16)
+def _headers(name: str, version: str) -> list[tuple[str, bytes]]:
+    """The model headers, encoded once per model (``ValueError`` for text UTF-8 cannot hold: not cached)."""
+    return [("model_name", name.encode("utf-8")), ("model_version", version.encode("utf-8"))]
 
 
 def _classify(error: KafkaError) -> str:
