@@ -113,12 +113,11 @@ def load_records(data: str | None, count: int, seed: int) -> list[Record]:
 
 
 def repeat_records(records: Sequence[Record], count: int) -> list[Record]:
-    """``count`` records cycling through ``records``, ids made unique (``-r1``, ``-r2``... on each repeat)."""
-    out = list(records[:count])
-    while len(out) < count:
-        n = len(out) // len(records)
-        out += [r.model_copy(update={"id": f"{r.id}-r{n}"}) for r in records[:count - len(out)]]
-    return out
+    """``count`` records cycling through ``records`` (whose ids are unique); a repeat's id gets ``~`` and its
+    position, so ids stay unique however often this is applied."""
+    return [records[i] if i < len(records) else
+            records[i % len(records)].model_copy(update={"id": f"{records[i % len(records)].id}~{i}"})
+            for i in range(count)]
 
 
 def bench_settings(base: Settings, bootstrap: str, es_url: str, model: str, batch_records: int) -> Settings:
