@@ -1,5 +1,5 @@
 """The processor's hot-path helpers: the garbage-collection policy, the result serialised once, metrics per batch,
-the word count behind the token estimate."""
+the token estimate."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import json
 
 from prometheus_client import CollectorRegistry, Counter
 
-from models.base import word_count
+from models.predictor import Predictor
 from models.records import ClassificationResult, parse_record
 from streaming.observability.metrics import count_by_label
 from streaming.pipeline import heap
+from tests.helpers_stream import tiny_model_dir
 
 
 def test_heap_is_frozen_while_a_processor_holds_it_and_restored_by_the_last_release() -> None:
@@ -64,7 +65,7 @@ def test_count_by_label_adds_a_batch_of_counts() -> None:
     assert registry.get_sample_value("test_labels_total", {"label": "non_core"}) == 1
 
 
-def test_word_count_of_a_parsed_record_is_its_number_of_words() -> None:
+def test_token_estimate_counts_the_words_of_a_parsed_record() -> None:
+    predictor = Predictor.from_checkpoint(tiny_model_dir(), device="cpu")
     record = parse_record({"id": "x", "title": "  A  title\n", "abstract": "An\tabstract  with\n\nseven words  here ."})
-    assert word_count(record.text) == len(record.text.split()) == 9
-    assert word_count("") == 0
+    assert predictor.count_tokens(record) == 2 * len(record.text.split()) - 1 == 17
