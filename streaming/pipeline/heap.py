@@ -1,7 +1,8 @@
 """The processor's garbage-collection policy, chosen by measurement (docs/processor.md, "Pipeline efficiency").
 
-Once the model is loaded, the process holds ~500k long-lived objects (the imports, the linear model's vocabulary)
-that every full collection walks (~150 ms each, one every ~3,000 records: ~50 us per record). Batches live long
+Once the model is loaded, the process holds ~233k long-lived tracked objects (the imports, the model; the linear
+model's vocabulary list and index, with every term) that every full collection walks (90-145 ms each, one every
+~3,000 records: ~30-50 us per record). Batches live long
 enough in the queues to reach the old generation, so full collections keep coming. :func:`hold` collects
 once and freezes what exists (``gc.freeze``: never walked again), and raises the young-generation threshold from
 700 to 5,000 allocations (a batch allocates thousands of objects; fewer, slightly larger young collections). A
