@@ -62,7 +62,8 @@ class BagClassifier(nn.Module):
         return {"ids": ids, "offsets": offsets}
 
     def count_tokens(self, text: str) -> int:
-        n = min(len(text.split()), self.max_seq_length)
+        # A record's text has single spaces (models/records.py): its words are counted without splitting it.
+        n = min(text.count(" ") + 1 if text else 0, self.max_seq_length)
         return max(1, 2 * n - 1)
 
     def save_extra(self, out_dir: Path) -> None:

@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -114,6 +115,16 @@ class ClassificationResult(BaseModel):
     model: ModelInfo
     classified_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     record_version: int | None = None  # the classified record's own version (Record.version), if any
+
+    @cached_property
+    def json_bytes(self) -> bytes:
+        """The result as UTF-8 JSON, serialised once for every sink (setting a field serialises it anew);
+        ``ValueError`` when it cannot be (e.g. a lone surrogate in the id)."""
+        return self.model_dump_json().encode("utf-8")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("json_bytes", None)
+        super().__setattr__(name, value)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -5,6 +5,8 @@ Names are the contract with the Grafana dashboard in ``config/grafana``; change 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -93,3 +95,16 @@ class ModelMetrics:
 
 
 MODEL_METRICS = ModelMetrics()
+
+
+_children: dict[tuple[int, str], Counter] = {}
+
+
+def count_by_label(metric: Counter, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` ({label value: n}) to a counter with one label, e.g. once per batch; the children are kept
+    (``labels()`` takes a lock and builds a key: ~4 us per call, per category and batch)."""
+    for value, count in counts.items():
+        child = _children.get((id(metric), value))
+        if child is None:
+            child = _children[(id(metric), value)] = metric.labels(value)
+        child.inc(count)

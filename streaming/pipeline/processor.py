@@ -31,6 +31,7 @@ from streaming.observability.metrics import (
     IN_FLIGHT_BATCHES,
     RECORDS_CONSUMED,
 )
+from streaming.pipeline import heap
 from streaming.pipeline.backpressure import Backpressure
 from streaming.pipeline.batcher import MicroBatcher
 from streaming.pipeline.commits import Committer
@@ -104,6 +105,7 @@ class StreamProcessor:
         self._inference: InferenceStage | None = None
         self._stop_by: float | None = None  # time.monotonic() by which a stop must be complete
         self._sink_stage: SinkStage | None = None
+        self._heap_held = False
 
     # ------------------------------------------------------------------ public
 
@@ -120,6 +122,8 @@ class StreamProcessor:
         log.info("processor started", extra={"topics": self.settings.kafka.input_topics,
                                              "group": self.settings.kafka.group_id})
         try:
+            heap.hold()  # after the model loaded: see streaming/pipeline/heap.py
+            self._heap_held = True
             self._loop(stop, until_drained)
             self._finish()
         finally:
@@ -404,6 +408,9 @@ class StreamProcessor:
         IN_FLIGHT_BATCHES.set(0)
         self.backpressure.reset()
         self.committer.track_waiting(False)
+        if self._heap_held:
+            self._heap_held = False
+            heap.release()
         stats = self._snapshot()
         log.info("processor stopped", extra=vars(stats))
 

@@ -8,6 +8,7 @@ then pauses its partitions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +28,9 @@ from streaming.observability.metrics import (
     RECORDS_CLASSIFIED,
     RECORDS_DEAD_LETTERED,
     SINK_ERRORS,
+    count_by_label,
 )
+from streaming.pipeline import heap
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
 from streaming.pipeline.envelope import Batch, Envelope
 from streaming.pipeline.offsets import Ownership, TopicPartition
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 REASON_SINK_FAILED = "sink_failed"
 REASON_INFERENCE_FAILED = "inference_failed"
 UNEXPECTED = "unexpected error:"
+_WAKE = object()  # put in the sink stage's inbox when a write finishes, instead of polling for it
 
 
 class StageStopped(Exception):
@@ -105,6 +109,7 @@ class InferenceStage(Stage):
         super().__init__("inference", **kw)
         self.model_source = model_source
         self.ownership = ownership
+        self._predictor: object = None
 
     def handle(self, batch: Batch) -> None:
         batch.items = [env for env in batch.items if self.ownership.owns(env.tp, env.epoch)]
@@ -112,6 +117,10 @@ class InferenceStage(Stage):
         if not todo:
             return
         predictor = self.model_source.current()
+        if predictor is not self._predictor:
+            swapped, self._predictor = self._predictor is not None, predictor
+            if swapped:
+                heap.refreeze()  # the old model collected, the new one frozen like the first
         started = time.perf_counter()
         results = self._predict(predictor, todo)
         INFERENCE_SECONDS.observe(time.perf_counter() - started)
@@ -126,10 +135,8 @@ class InferenceStage(Stage):
                 categories.update(category.label for category in result.categories)
             else:
                 env.rejection = result
-        for label, count in coreness.items():  # one metric update per label and batch, not per record
-            PREDICTIONS_CORENESS.labels(label=label).inc(count)
-        for label, count in categories.items():
-            PREDICTIONS_CATEGORY.labels(category=label).inc(count)
+        count_by_label(PREDICTIONS_CORENESS, coreness)  # one metric update per label and batch, not per record
+        count_by_label(PREDICTIONS_CATEGORY, categories)
 
     @staticmethod
     def _predict(predictor, todo: Sequence[Envelope]) -> list[ClassificationResult | RecordError]:
@@ -237,7 +244,9 @@ class SinkStage(Stage):
                     merged = group[0] if len(group) == 1 else Batch(group[0].seq, [e for b in group for e in b.items])
                     ids = frozenset(env.result.id for env in merged.items if env.result is not None)
                     after = [w.future for w in in_flight if not w.future.done() and not w.ids.isdisjoint(ids)]
-                    in_flight.append(InFlight(group, merged, pool.submit(self._write, merged, after), ids))
+                    future = pool.submit(self._write, merged, after)
+                    future.add_done_callback(self._wake)
+                    in_flight.append(InFlight(group, merged, future, ids))
                     group, records, size = [], 0, 0
                     continue
                 if ended and not group and not in_flight:
@@ -246,8 +255,10 @@ class SinkStage(Stage):
                     wait([in_flight[0].future], timeout=0.1)
                     continue
                 try:
-                    batch = self.inbox.get(timeout=0.002 if in_flight or group else 0.1)
+                    batch = self.inbox.get(timeout=0.1)  # a batch, or woken by a finished write
                 except queue.Empty:
+                    continue
+                if batch is _WAKE:
                     continue
                 self.on_progress()  # room in the inbox
                 if batch is None:
@@ -264,6 +275,11 @@ class SinkStage(Stage):
             pool.shutdown(wait=False, cancel_futures=True)
             if self._store_pool is not None:
                 self._store_pool.shutdown(wait=False)
+
+    def _wake(self, _future: Future) -> None:
+        """A write finished: wake :meth:`serve` if it waits for a batch (a full inbox needs no wake-up)."""
+        with contextlib.suppress(queue.Full):
+            self.inbox.put_nowait(_WAKE)
 
     def _complete(self, in_flight: deque[InFlight]) -> None:
         """Pass on the batches of finished writes, oldest first; a write that raised stops the stage."""

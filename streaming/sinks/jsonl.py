@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """Appends ``result.model_dump_json()`` lines to ``path`` (created with its parent directory)."""
+    """Appends ``result.json_bytes`` lines to ``path`` (created with its parent directory)."""
 
     name = "jsonl"
     stores = True  # written before the output topic, which publishes only what the stores took
@@ -40,7 +40,7 @@ class JsonlSink:
         failures: list[SinkFailure] = []
         for result in results:
             try:
-                lines.append(result.model_dump_json().encode("utf-8") + b"\n")  # UTF-8 refuses a lone surrogate
+                lines.append(result.json_bytes + b"\n")  # serialised once for all sinks; refuses a lone surrogate
             except ValueError as exc:  # UnicodeEncodeError, PydanticSerializationError
                 SINK_ERRORS.labels(sink=self.name, kind="serialise").inc()
                 failures.append(SinkFailure(result.id, f"cannot serialise the result: {type(exc).__name__}: {exc}"))

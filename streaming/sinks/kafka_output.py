@@ -9,6 +9,7 @@ naming the results that were delivered so that a retry does not send them again.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ SINK_ERRORS_FATAL = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError
 
 
 class OutputTopicSink:
-    """Produces ``result.model_dump_json()`` with headers ``model_name``/``model_version`` and waits for delivery.
+    """Produces ``result.json_bytes`` with headers ``model_name``/``model_version`` and waits for delivery.
 
     ``producer_factory`` builds a replacement producer for :meth:`reset` (after a fatal producer error).
     """
@@ -130,13 +131,14 @@ class OutputTopicSink:
         self.producer.flush(self.delivery_timeout_s)
 
 
-def _message(result: ClassificationResult) -> tuple[bytes, bytes, dict[str, str]]:
-    key = encoded_id(result)
-    value = result.model_dump_json().encode("utf-8")
-    headers = {"model_name": result.model.name, "model_version": result.model.version}
-    for text in headers.values():
-        text.encode("utf-8")
-    return key, value, headers
+def _message(result: ClassificationResult) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return encoded_id(result), result.json_bytes, _headers(result.model.name, result.model.version)
+
+
+@functools.lru_cache(maxsize=16)
+def _headers(name: str, version: str) -> list[tuple[str, bytes]]:
+    """The model headers, encoded once per model (``ValueError`` for text UTF-8 cannot hold: not cached)."""
+    return [("model_name", name.encode("utf-8")), ("model_version", version.encode("utf-8"))]
 
 
 def _classify(error: KafkaError) -> str:
