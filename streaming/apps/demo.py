@@ -303,8 +303,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="records to classify: generated, or with --train-data the most recent papers of FILE, held "
                         "out from training (default: %(default)s)")
     p.add_argument("--model-dir", default="artifacts/demo-model",
-                   help="model to reuse or train; also the default model of classify, serve and run "
-                        "(default: %(default)s)")
+                   help="model to reuse or train (default: %(default)s, also the default model of classify, "
+                        "serve and run)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if --model-dir has a fitting one")
     p.add_argument("--train-records", type=int,
                    help=f"training records: generated (default {DEFAULT_SAMPLE_TRAIN}), or with --train-data the "
