@@ -15,6 +15,12 @@ def training_source(config: Mapping[str, Any]) -> str | None:
     return data.get("source")
 
 
+def trained_on(config: Mapping[str, Any]) -> str:
+    """The training data in words: ``the generated sample``, a file name, or ``unknown data``."""
+    source = training_source(config)
+    return f"the {source}" if source == GENERATED_SAMPLE else source or "unknown data"
+
+
 def trained_on_generated_sample(config: Mapping[str, Any]) -> bool:
     return training_source(config) == GENERATED_SAMPLE
 
@@ -25,4 +31,4 @@ def generated_sample_warning(config: Mapping[str, Any]) -> str | None:
         return None
     return (f"model {config.get('name')}@{config.get('version')} was trained on the generated sample (random word "
             "salad in 10 made-up topics), not on real papers: its answers on real records mean nothing. For a real "
-            "model see README.md, 'A real model'.")
+            "model see README.md, 'The demo model, and a real model'.")

@@ -63,7 +63,7 @@ main() {
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
-    echo "setup: installing dependencies into $venv (a fresh venv took 4 min on a shared 2-core VM)"
+    echo "setup: installing dependencies into $venv (a fresh venv took 3 min on a loaded 2-core VM)"
     "$venv/bin/python" -m pip install "${pip_args[@]}" --upgrade pip
     local spec
     spec=$(torch_spec)

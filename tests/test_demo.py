@@ -35,7 +35,7 @@ def test_demo_classifies_sample_and_dead_letters_bad_messages(tmp_path: Path, es
     assert "classified      60" in out
     assert "dead-lettered   5  (empty_message 1, invalid_json 1, invalid_record 2, not_utf8 1)" in out
     assert "all 60 records classified and all 5 bad messages dead-lettered" in out
-    assert "trained on generated sample" in out and "records         generated (word salad)" in out
+    assert "(bag), trained on the generated sample" in out and "records         generated (word salad)" in out
     assert "NOTE: model corestream-demo@" in out and "was trained on the generated sample" in out
 
     results = [ClassificationResult.model_validate_json(line) for line in output.read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_demo_with_train_data_trains_on_it_and_classifies_held_out_papers(tmp_pa
     assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr[-3000:]}"
 
     source = f"{data} (1000 papers before the 40 most recent, held out for the demo)"
-    assert f"not reusing {model_dir}: it was trained on generated sample" in out
+    assert f"not reusing {model_dir}: it was trained on the generated sample" in out
     assert f"training the default (linear) model on {source}" in out
     assert "produced 40 held-out papers and 5 bad messages" in out
     assert f"(linear), trained on {source}" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import read_checkpoint_config
-from models.provenance import GENERATED_SAMPLE, generated_sample_warning, training_source
+from models.provenance import GENERATED_SAMPLE, generated_sample_warning, trained_on, training_source
 from models.records import ClassificationResult
 from streaming.apps.embedded import free_port
 from streaming.cli import main
@@ -32,7 +32,7 @@ def sample_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_card_names_the_training_data(sample_model: Path, tmp_path: Path) -> None:
     config = read_checkpoint_config(sample_model)
-    assert training_source(config) == GENERATED_SAMPLE
+    assert training_source(config) == GENERATED_SAMPLE and trained_on(config) == "the generated sample"
     warning = generated_sample_warning(config)
     assert warning is not None and "demo-like@1 was trained on the generated sample" in warning
 
@@ -47,7 +47,8 @@ def test_the_card_names_the_training_data(sample_model: Path, tmp_path: Path) ->
     named = read_checkpoint_config(train_model(Named(generate_sample(200, seed=4)), arch="bag", epochs=1,
                                                output_dir=tmp_path / "named", progress=False, device="cpu"))
     assert training_source(named) == "papers.jsonl (the 200 oldest)"
-    assert training_source({"name": "old", "version": "0"}) is None  # a checkpoint from before model cards
+    assert trained_on(named) == "papers.jsonl (the 200 oldest)"
+    assert trained_on({"name": "old", "version": "0"}) == "unknown data"  # a checkpoint from before model cards
 
 
 def test_classify_warns_on_stderr_and_keeps_stdout_json(sample_model: Path,

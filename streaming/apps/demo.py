@@ -25,7 +25,7 @@ from config.cli import CommandError
 from config.clients import make_producer
 from config.logging import mask, setup_logging
 from config.settings import Settings
-from models.provenance import generated_sample_warning, training_source
+from models.provenance import generated_sample_warning, trained_on
 from models.records import ClassificationResult, Record
 from streaming.apps.embedded import EmbeddedBroker, EmbeddedBrokerError
 from streaming.kafka import create_topics, produce
@@ -105,11 +105,11 @@ def ensure_model(model_dir: Path, retrain: bool, train: Papers | None, sample_co
         except (CheckpointError, OSError) as exc:
             print(f"cannot reuse {model_dir} ({exc}); training a new model")
     if config is not None and train is not None and config.get("data_fingerprint") != fingerprint(train):
-        print(f"not reusing {model_dir}: it was trained on {training_source(config) or 'other data'}")
+        print(f"not reusing {model_dir}: it was trained on {trained_on(config)}")
         config = None
     if config is not None:
         print(f"reusing model {config['name']}@{config['version']} from {model_dir}, trained on "
-              f"{training_source(config) or 'unknown data'} (--retrain to train anew)")
+              f"{trained_on(config)} (--retrain to train anew)")
         return config
     if train is not None:
         print(f"training the default (linear) model on {train.source} -> {model_dir}")
@@ -220,7 +220,7 @@ def print_report(results: list[ClassificationResult], records: dict[str, dict], 
     print()
     print("metrics")
     print(f"  model           {model['name']}@{model['version']} ({model['arch']}), trained on "
-          f"{training_source(model) or 'unknown data'}")
+          f"{trained_on(model)}")
     print(f"  records         {'held-out real papers' if truth else 'generated (word salad)'}")
     print(f"  consumed        {stats.consumed}")
     print(f"  classified      {stats.classified}  ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))})")
@@ -303,8 +303,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="records to classify: generated, or with --train-data the most recent papers of FILE, held "
                         "out from training (default: %(default)s)")
     p.add_argument("--model-dir", default="artifacts/demo-model",
-                   help="model to reuse or train; also the default model of classify, serve and run "
-                        "(default: %(default)s)")
+                   help="model to reuse or train (default: %(default)s, also the default model of classify, "
+                        "serve and run)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if --model-dir has a fitting one")
     p.add_argument("--train-records", type=int,
                    help=f"training records: generated (default {DEFAULT_SAMPLE_TRAIN}), or with --train-data the "
