@@ -186,18 +186,18 @@ def category_vocabulary(records: Iterable[Record], min_count: int = 1) -> list[s
                   key=lambda c: (-counts[c], c))
 
 
-def known_categories(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+def known_categories(records: Sequence[Record], labels: Sequence[str], dtype: type = np.float32) -> np.ndarray:
     """(n, C) 1/0: whether a record's label for each category is known. A record filed under a bare archive
     (``astro-ph``) and none of its subject classes says nothing about which subject class (``astro-ph.*``)
     it belongs to: those entries are 0, so that training neither rewards nor penalises them."""
-    known = np.ones((len(records), len(labels)), dtype=np.float32)
+    known = np.ones((len(records), len(labels)), dtype=dtype)
     prefixes = {label.split(".", 1)[0] for label in labels if "." in label}
     columns = {prefix: [i for i, label in enumerate(labels) if label.startswith(prefix + ".")]
                for prefix in prefixes}
     for row, record in enumerate(records):
         for cat in record.categories:
             if cat in columns and not any(c.startswith(cat + ".") for c in record.categories):
-                known[row, columns[cat]] = 0.0
+                known[row, columns[cat]] = 0
     return known
 
 
