@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse import csr_matrix
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -165,13 +166,22 @@ class LinearClassifier(nn.Module):
     def sgd_step(self, ids: torch.Tensor, offsets: torch.Tensor, tf: torch.Tensor,
                  loss_of: Callable[[ClassifierOutput], torch.Tensor], learning_rate: float,
                  max_bias_grad_norm: float) -> torch.Tensor:
-        """One plain SGD step on ``loss_of(self(...))``, the same update as autograd + ``torch.optim.SGD`` with
-        the biases' gradient clipped to ``max_bias_grad_norm``, in a few array operations: autograd runs on the
-        (batch, outputs) logits only, and each term's rows of the table get ``weight x logit gradient`` added
-        in place (no sparse gradient tensor to build, coalesce and apply). Returns the loss."""
+        """One plain SGD step on ``loss_of(self(...))``: the update of autograd + ``torch.optim.SGD`` with the
+        biases' gradient clipped to ``max_bias_grad_norm``, in a few array operations. Autograd runs on the
+        (batch, outputs) logits only. On CPU the batch is a scipy CSR matrix over its distinct terms: their rows
+        of the table are read once, multiplied (forward and backward) and written back, 2-3x less work than
+        an ``EmbeddingBag`` backward with a sparse gradient and a scatter-add per occurrence. Returns the loss."""
+        table = self.weights.weight
         with torch.no_grad():
             weights = self.bag_weights(ids, offsets, tf)
-            logits = self.weights(ids, offsets, per_sample_weights=weights)
+            if table.device.type == "cpu":
+                terms, column = np.unique(ids.numpy(), return_inverse=True)
+                batch = csr_matrix((weights.numpy(), column.reshape(-1), np.append(offsets.numpy(), len(ids))),
+                                   shape=(len(offsets), len(terms)))
+                rows = table.numpy()[terms]
+                logits = torch.from_numpy(np.asarray(batch @ rows))
+            else:
+                logits = self.weights(ids, offsets, per_sample_weights=weights)
         logits.requires_grad_(True)
         core_bias, cat_bias = self.coreness_head.bias, self.category_head.bias
         loss = loss_of(ClassifierOutput(logits[:, :3] + core_bias, logits[:, 3:] + cat_bias))
@@ -181,7 +191,10 @@ class LinearClassifier(nn.Module):
             scale = (max_bias_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
             core_bias.sub_(grad_core * scale, alpha=learning_rate)
             cat_bias.sub_(grad_cat * scale, alpha=learning_rate)
-            lengths = torch.diff(offsets, append=torch.tensor([len(ids)], device=offsets.device))
-            bag = torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), lengths)
-            self.weights.weight.index_add_(0, ids, grad_logits[bag] * weights[:, None], alpha=-learning_rate)
+            if table.device.type == "cpu":
+                table.numpy()[terms] = rows - learning_rate * np.asarray(batch.T @ grad_logits.numpy())
+            else:
+                lengths = torch.diff(offsets, append=torch.tensor([len(ids)], device=offsets.device))
+                bag = torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), lengths)
+                table.index_add_(0, ids, grad_logits[bag] * weights[:, None], alpha=-learning_rate)
         return loss.detach()

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,22 @@ DEFAULT_SAMPLE_COUNT = 2000
 REFIT_ARCHS = ("linear", "bag")  # fast enough to train twice
 
 
+MAX_RECORD_PASSES = 1_200_000  # linear's default epochs x training records, at most (2 epochs at least)
+
+
+def scaled_epochs(epochs: int, records: int) -> int:
+    """``linear``'s default epochs for ``records`` training records: 8 up to 150k records, then fewer, so that
+    the SGD passes (and the time) grow linearly with the data from there: 3 at 336k, 2 from 600k."""
+    return max(2, min(epochs, MAX_RECORD_PASSES // max(records, 1)))
+
+
 def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: int | None, seed: int,
-               proxy: CorenessProxy) -> list[Record]:
+               proxy: CorenessProxy, progress: bool = False) -> list[Record]:
     """Labelled records from a JSONL path, a list of Records/dicts, or (None) a generated sample."""
     if data is None:
         data = generate_sample(sample_count or DEFAULT_SAMPLE_COUNT, seed)
     if isinstance(data, str | Path):
-        return load_records(data, limit=sample_count, proxy=proxy)
+        return load_records(data, limit=sample_count, proxy=proxy, progress=progress)
     records = []
     for index, item in enumerate(data):
         try:
@@ -320,7 +329,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     torch.manual_seed(opts.seed)
 
     proxy = CorenessProxy.load()
-    records = to_records(data, opts.sample_count, opts.seed, proxy)
+    records = to_records(data, opts.sample_count, opts.seed, proxy, opts.progress)
     split = time_split if opts.split == "time" else split_records
     train_records, valid_records = split(records, opts.valid_fraction, opts.seed)
     extra_train_records, extra_valid_records = [], []
@@ -330,6 +339,8 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
         extra_valid_records += check
     if not train_records:
         raise TrainingError(f"need at least 2 records to train, got {len(records)}")
+    if config.epochs is None and opts.arch == "linear":
+        opts = replace(opts, epochs=scaled_epochs(opts.epochs, len(train_records)))
 
     resumed = (opts.output_dir / CONFIG_FILE).exists() and not opts.from_scratch
     previous: dict[str, Any] = {}

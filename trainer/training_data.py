@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from models.labels import CorenessProxy
-from models.record_files import GZIP_ERRORS, SkipCounts, numbered_lines
+from models.record_files import GZIP_ERRORS, SkipCounts, count_lines, numbered_lines
 from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
 from trainer.dataset import snapshot_date
 
@@ -114,14 +115,17 @@ def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy |
 
 
 def load_records(path: str | Path, *, limit: int | None = None, proxy: CorenessProxy | None = None,
-                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[Record]:
-    """Up to ``limit`` labelled records from ``path``; logs how many lines were skipped and why."""
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, progress: bool = False) -> list[Record]:
+    """Up to ``limit`` labelled records from ``path``; logs how many lines were skipped and why. ``progress``:
+    a bar with an ETA (the file's lines are counted first)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     report = LoadReport(str(path))
     records: list[Record] = []
-    for record in iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars):
+    total = (min(count_lines(path), limit or 1 << 62)) if progress else None
+    for record in tqdm(iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars), total=total,
+                       desc="read", unit="record", disable=not progress, mininterval=2):
         records.append(record)
         if limit is not None and len(records) >= limit:
             break
