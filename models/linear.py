@@ -185,8 +185,9 @@ class LinearClassifier(nn.Module):
         logits.requires_grad_(True)
         core_bias, cat_bias = self.coreness_head.bias, self.category_head.bias
         loss = loss_of(ClassifierOutput(logits[:, :3] + core_bias, logits[:, 3:] + cat_bias))
+        # materialize: a batch of extra (coreness-only) records has no category loss, a zero gradient
         grad_logits, grad_core, grad_cat = torch.autograd.grad(loss, [logits, core_bias, cat_bias],
-                                                               materialize_grads=True)  # a batch of extras: no category loss
+                                                               materialize_grads=True)
         with torch.no_grad():
             norm = torch.sqrt(grad_core.square().sum() + grad_cat.square().sum())
             scale = (max_bias_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
