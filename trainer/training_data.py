@@ -123,7 +123,7 @@ def load_records(path: str | Path, *, limit: int | None = None, proxy: CorenessP
         raise DataError(f"data file not found: {path}")
     report = LoadReport(str(path))
     records: list[Record] = []
-    total = (min(count_lines(path), limit or 1 << 62)) if progress else None
+    total = (limit or count_lines(path)) if progress else None  # (a file shorter than the limit ends early)
     for record in tqdm(iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars), total=total,
                        desc="read", unit="record", disable=not progress, mininterval=2):
         records.append(record)
