@@ -4,6 +4,12 @@
     python bench/accuracy.py --limit 8000              # quick run: the 8000 most recent training papers
     python bench/accuracy.py --candidates linear reference
     python bench/accuracy.py --candidates hybrid reference --cached-only   # papers already in the embedding cache
+    python bench/accuracy.py --data ../shared/data/arxiv-train-large.jsonl.gz --sizes 58000,150000,374000 \
+        --candidates reference linear                  # the learning curve
+
+``--data FILE --sizes N,...`` trains every candidate on nested subsets of ``FILE`` (its papers ordered by a hash
+of their id, the first N: each subset keeps the file's label mix and holds the smaller ones), each fit in a
+child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone.
 
 Every candidate is trained on ``../shared/data/arxiv-train.jsonl.gz`` (the trainer's candidates also get the
 INSPIRE coreness file as ``--extra-train``, which holds out 20% of it by id) and scored on
@@ -36,10 +42,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +66,7 @@ from models.record_files import open_text  # noqa: E402
 from models.records import CORENESS_LABELS, Record  # noqa: E402
 from trainer.train import train_model  # noqa: E402
 from trainer.train_config import DEFAULT_ARCH  # noqa: E402
-from trainer.training_data import held_out, load_records, parse_training_line  # noqa: E402
+from trainer.training_data import LoadReport, held_out, iter_records, load_records, parse_training_line  # noqa: E402
 
 if TYPE_CHECKING:
     from models.hybrid import FrozenEncoder
@@ -184,6 +193,45 @@ def throughput(scorer: Scorer, records: Sequence[Record], batch_size: int = 64, 
         torch.set_num_threads(threads)
 
 
+def subset(path: Path, size: int, out: Path) -> Path:
+    """The ``size`` papers of ``path`` first by crc32 of their id (nested for growing sizes), in ``out``."""
+    with open_text(path) as lines:
+        keyed = sorted((zlib.crc32(str(json.loads(line).get("id")).encode()), number)
+                       for number, line in enumerate(lines) if line.strip())
+    chosen = {number for _, number in keyed[:size]}
+    with open_text(path) as lines, open_text(out, "w") as sink:
+        sink.writelines(line for number, line in enumerate(lines) if number in chosen)
+    return out
+
+
+def fit_in_child(candidate: Candidate, train_file: Path, inspire: Path | None, work: Path,
+                 batches: Sequence[Sequence[Record]]) -> tuple[list, float, float | None, float, float, float]:
+    """Train ``candidate`` in a forked child process and return its predictions on each of ``batches``, train
+    and load seconds, inference records/s, the child's peak RSS in GB and the fit's CPU seconds."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        scorer = candidate.fit(train_file, inspire, work)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_seconds = usage.ru_utime + usage.ru_stime  # the fit's CPU (the child does nothing before it)
+        predictions = [scorer.predict(batch) for batch in batches]
+        rate = throughput(scorer, batches[0][:1024])
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        send.send((predictions, scorer.train_seconds, scorer.load_seconds, rate, usage.ru_maxrss / 1024**2,
+                   cpu_seconds))
+
+    process = context.Process(target=child)
+    process.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"{candidate.name} failed (exit code {process.join() or process.exitcode})") from None
+    process.join()
+    return result
+
+
 def recent(path: Path, limit: int, out: Path) -> Path:
     """The ``limit`` most recent lines of ``path`` (by ``date``) in ``out``."""
     with open_text(path) as lines:
@@ -216,6 +264,9 @@ def cached_only(path: Path, out: Path, cache_path: Path, encoders: Sequence[Froz
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED, help="default: %(default)s")
+    parser.add_argument("--data", type=Path, help="training file (default: arxiv-train.jsonl.gz in --data-dir)")
+    parser.add_argument("--sizes", help="comma-separated training sizes: nested subsets of --data (a learning "
+                        "curve); each fit runs in a child process and its peak RSS is reported")
     parser.add_argument("--limit", type=int, help="train on the N most recent training papers, score N/4 papers")
     parser.add_argument("--candidates", nargs="*", help="name prefixes (default: all but hybrid)")
     parser.add_argument("--embedding-cache", type=Path, help="the hybrid's embedding cache (default: "
@@ -233,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hybrid_base_model:  # a second hybrid, beside the default one
         CANDIDATES.append(Candidate(f"hybrid ({args.hybrid_base_model.name})",
                                     trainer_candidate("hybrid", base_model=args.hybrid_base_model), default=False))
-    train_file, valid_file = args.data_dir / "arxiv-train.jsonl.gz", args.data_dir / "arxiv-valid-2018.jsonl.gz"
+    train_file = args.data or args.data_dir / "arxiv-train.jsonl.gz"
+    valid_file = args.data_dir / "arxiv-valid-2018.jsonl.gz"
     inspire_file = args.data_dir / "inspire-coreness.jsonl.gz"
     if not train_file.exists() or not valid_file.exists():
         print(f"no arXiv data in {args.data_dir}: nothing to measure", file=sys.stderr)
@@ -255,45 +307,63 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_file = cached_only(train_file, work / "train-cached.jsonl.gz", default_cache_path(), encoders)
             inspire = inspire and cached_only(inspire, work / "inspire-cached.jsonl.gz", default_cache_path(),
                                               encoders)
-        counts = Counter(c for r in load_records(train_file, proxy=proxy) for c in r.categories)
+        counts, total = Counter(), 0  # streamed: the children forked below inherit no training records
+        for record in iter_records(train_file, LoadReport(str(train_file)), proxy=proxy):
+            counts.update(record.categories)
+            total += 1
+        if args.data and not args.limit and not args.cached_only:  # the scored categories of every run
+            counts = Counter(c for r in iter_records(args.data_dir / "arxiv-train.jsonl.gz",
+                                                     LoadReport("arxiv-train"), proxy=proxy) for c in r.categories)
         labels = [c for c, n in counts.most_common() if n >= MIN_TRAIN_PAPERS][:MAX_LABELS]
         valid = load_records(valid_file, proxy=proxy, limit=args.limit // 4 if args.limit else None)
         real = held_out(load_records(inspire), INSPIRE_HELD_OUT)[1] if inspire else []
-        print(f"train {train_file.name}: {sum(1 for _ in load_records(train_file))} papers; score "
-              f"{len(valid)} papers of {valid_file.name}, {len(labels)} categories; real coreness: {len(real)} "
-              f"held-out INSPIRE records")
+        sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else [None]
+        print(f"train {train_file.name}: {total} papers; sizes {sizes}; score {len(valid)} papers of "
+              f"{valid_file.name}, {len(labels)} categories; real coreness: {len(real)} held-out INSPIRE records")
         rows = []
-        for candidate in chosen:
-            print(f"training {candidate.name} ...", flush=True)
-            scorer = candidate.fit(train_file, inspire, work)
-            cats, core = scorer.predict(valid)
-            micro, macro = f1_scores([r.categories for r in valid], cats, labels)
-            core_acc = float(np.mean([p == r.coreness for p, r in zip(core, valid, strict=True)]))
-            recall = {}
-            if real:
-                real_pred = scorer.predict(real)[1]
+        for size in sizes:
+            data = (train_file if size is None or size >= total
+                    else subset(train_file, size, work / f"train-{size}.jsonl.gz"))
+            for candidate in chosen:
+                print(f"training {candidate.name} on {size or total} papers ...", flush=True)
+                if args.sizes:
+                    predictions, train_s, load_s, rate, peak_gb, cpu_s = fit_in_child(
+                        candidate, data, inspire, work, [valid, real] if real else [valid])
+                    (cats, core), real_pred = predictions[0], predictions[1][1] if real else []
+                else:
+                    scorer = candidate.fit(data, inspire, work)
+                    (cats, core), real_pred = scorer.predict(valid), scorer.predict(real)[1] if real else []
+                    train_s, load_s, rate, peak_gb, cpu_s = (scorer.train_seconds, scorer.load_seconds,
+                                                             throughput(scorer, valid[:1024]), None, None)
+                micro, macro = f1_scores([r.categories for r in valid], cats, labels)
+                core_acc = float(np.mean([p == r.coreness for p, r in zip(core, valid, strict=True)]))
+                recall = {}
                 for label in CORENESS_LABELS:
                     rows_of = [p for p, r in zip(real_pred, real, strict=True) if r.coreness == label]
                     recall[label] = f"{np.mean([p == label for p in rows_of]):.3f} ({len(rows_of)})" if rows_of \
                         else "-"
-            empty = sum(1 for c in cats if not c)
-            rows.append((candidate.name, micro, macro, core_acc, recall, empty, scorer.train_seconds,
-                         scorer.load_seconds, throughput(scorer, valid[:1024])))
-            print(table_row(rows[-1]), flush=True)  # each as it is done: a long run that fails keeps the others
+                empty = sum(1 for c in cats if not c)
+                rows.append((candidate.name, size or total, micro, macro, core_acc, recall, empty, train_s, cpu_s,
+                             load_s, rate, peak_gb))
+                print(table_row(rows[-1]), flush=True)  # each as it is done: a long run that fails keeps the others
     print()
-    print("| model | micro-F1 | macro-F1 | coreness (proxy) acc | INSPIRE recall core | non_core | rejected | "
-          "no category | train s | load s | records/s (1 thread, batch 64) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | papers | micro-F1 | macro-F1 | coreness (proxy) acc | INSPIRE recall core | non_core | rejected "
+          "| no category | train s | train CPU s | peak RSS GB | load s | records/s (1 thread, batch 64) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(table_row(row))
     return 0
 
 
 def table_row(row: tuple) -> str:
-    name, micro, macro, acc, recall, empty, train_s, load_s, rate = row
-    return (f"| {name} | {micro:.3f} | {macro:.3f} | {acc:.3f} | {recall.get('core', '-')} | "
+    name, papers, micro, macro, acc, recall, empty, train_s, cpu_s, load_s, rate, peak_gb = row
+
+    def optional(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return (f"| {name} | {papers:,} | {micro:.3f} | {macro:.3f} | {acc:.3f} | {recall.get('core', '-')} | "
             f"{recall.get('non_core', '-')} | {recall.get('rejected', '-')} | {empty} | {train_s:.0f} | "
-            f"{'-' if load_s is None else f'{load_s:.2f}'} | {rate:,.0f} |")
+            f"{optional(cpu_s, 0)} | {optional(peak_gb, 2)} | {optional(load_s, 2)} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,11 @@ def print_table(rows: list[dict], batch_sizes: list[int]) -> None:
               + f" | {rates[-1] / rates[0]:.1f}x |")
     print(f"\nratio = records/s at batch {batch_sizes[-1]} / records/s at batch {batch_sizes[0]}; pad = padding "
           "share of the token positions; MiB = peak GPU memory (CUDA only)")
+    by_model = {row["model"].split(" ")[0]: row["batches"] for row in rows}
+    if "linear" in by_model and "bag" in by_model:  # issue 23: linear >= 1.5x bag
+        print("linear / bag records/s: " + ", ".join(
+            f"batch {b} {by_model['linear'][b]['records_per_s'] / by_model['bag'][b]['records_per_s']:.2f}x"
+            for b in batch_sizes))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -63,20 +64,25 @@ class EmbeddingCache:
                                  [(key, self.dim, np.ascontiguousarray(vec, dtype=np.float32).tobytes())
                                   for key, vec in zip(keys, vectors, strict=True)])
 
-    def embed(self, texts: Sequence[str], embedder: Embedder, chunk_size: int = 256) -> np.ndarray:
+    def embed(self, texts: Sequence[str], embedder: Embedder, chunk_size: int = 256,
+              progress: bool = False) -> np.ndarray:
         """Vectors (n, dim) of ``texts``: cached ones are read, the others embedded with ``embedder`` and stored
-        (every ``chunk_size`` texts, so that an interrupted run keeps its work)."""
+        (every ``chunk_size`` texts, so that an interrupted run keeps its work and a rerun embeds only the rest).
+        The missing texts go to ``embedder`` shortest first, so that its batches hold texts of about one length
+        (little padding) across the whole run, not only within a chunk; ``progress``: a bar with an ETA."""
         keys = [text_key(self.encoder_id, self.max_length, text) for text in texts]
         found = self._lookup(sorted(set(keys)))
-        missing = list(dict.fromkeys(key for key in keys if key not in found))
+        first_text = {key: text for key, text in zip(keys, texts, strict=True)}
+        missing = sorted(dict.fromkeys(key for key in keys if key not in found), key=lambda k: len(first_text[k]))
         self.hits += len(texts) - sum(1 for key in keys if key not in found)
         self.misses += len(missing)
-        first_text = {key: text for key, text in zip(keys, texts, strict=True)}
-        for start in range(0, len(missing), chunk_size):
-            chunk = missing[start:start + chunk_size]
-            vectors = embedder([first_text[key] for key in chunk])
-            self._store(chunk, vectors)
-            found.update(zip(chunk, np.asarray(vectors, dtype=np.float32), strict=True))
+        with tqdm(total=len(missing), desc="embed", unit="text", disable=not progress or not missing) as bar:
+            for start in range(0, len(missing), chunk_size):
+                chunk = missing[start:start + chunk_size]
+                vectors = embedder([first_text[key] for key in chunk])
+                self._store(chunk, vectors)
+                found.update(zip(chunk, np.asarray(vectors, dtype=np.float32), strict=True))
+                bar.update(len(chunk))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, key in enumerate(keys):
             out[row] = found[key]

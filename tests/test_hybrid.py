@@ -166,7 +166,7 @@ def test_cache_returns_stored_vectors_in_input_order(tmp_path: Path) -> None:
     with EmbeddingCache(tmp_path / "c.sqlite", "enc", 8, 2) as cache:
         second = cache.embed(["b", "aaa", "aa"], embedder)
         assert (cache.hits, cache.misses) == (2, 1)
-    assert calls == [["aa", "b"], ["aaa"]]
+    assert calls == [["b", "aa"], ["aaa"]]  # only the missing texts, shortest first (batches of one length)
     np.testing.assert_array_equal(first, [[2, 2], [1, 0], [2, 2]])
     np.testing.assert_array_equal(second, [[1, 0], [3, 3], [2, 2]])
 

@@ -15,8 +15,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from config.cli import CommandError
 from config.settings import Settings
 from models.calibration import IDENTITY, Calibration
+from models.base import ClassifierOutput
 from models.checkpoint import CONFIG_FILE, architecture, load_checkpoint, save_checkpoint
 from models.device import autocast
 from models.labels import CorenessProxy
@@ -60,13 +61,22 @@ DEFAULT_SAMPLE_COUNT = 2000
 REFIT_ARCHS = ("linear", "bag")  # fast enough to train twice
 
 
+MAX_RECORD_PASSES = 1_200_000  # linear's default epochs x training records, at most (2 epochs at least)
+
+
+def scaled_epochs(epochs: int, records: int) -> int:
+    """``linear``'s default epochs for ``records`` training records: 8 up to 150k records, then fewer, so that
+    the SGD passes (and the time) grow linearly with the data from there: 3 at 336k, 2 from 600k."""
+    return max(2, min(epochs, MAX_RECORD_PASSES // max(records, 1)))
+
+
 def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: int | None, seed: int,
-               proxy: CorenessProxy) -> list[Record]:
+               proxy: CorenessProxy, progress: bool = False) -> list[Record]:
     """Labelled records from a JSONL path, a list of Records/dicts, or (None) a generated sample."""
     if data is None:
         data = generate_sample(sample_count or DEFAULT_SAMPLE_COUNT, seed)
     if isinstance(data, str | Path):
-        return load_records(data, limit=sample_count, proxy=proxy)
+        return load_records(data, limit=sample_count, proxy=proxy, progress=progress)
     records = []
     for index, item in enumerate(data):
         try:
@@ -77,9 +87,9 @@ def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: 
     return records[:sample_count] if sample_count else records
 
 
-def category_targets(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+def category_targets(records: Sequence[Record], labels: Sequence[str], dtype: type = np.float32) -> np.ndarray:
     index = {label: i for i, label in enumerate(labels)}
-    targets = np.zeros((len(records), len(labels)), dtype=np.float32)
+    targets = np.zeros((len(records), len(labels)), dtype=dtype)
     for row, record in enumerate(records):
         for cat in record.categories:
             if cat in index:
@@ -92,9 +102,10 @@ def coreness_targets(records: Sequence[Record]) -> np.ndarray:
 
 
 def build_model(arch: str, num_categories: int, base_model: str | Path | None, max_seq_length: int | None,
-                arch_params: dict[str, Any], texts: Sequence[str] = ()) -> torch.nn.Module:
+                arch_params: dict[str, Any], records: Sequence[Record] = (), progress: bool = False
+                ) -> torch.nn.Module:
     """A fresh model of ``arch`` (the transformer starts from ``base_model``, the linear model learns its
-    vocabulary from the training ``texts``)."""
+    vocabulary from the texts of the training ``records``, read once)."""
     cls = architecture(arch)
     params = dict(arch_params)
     if max_seq_length:
@@ -105,7 +116,8 @@ def build_model(arch: str, num_categories: int, base_model: str | Path | None, m
                                 "arch 'transformer'")
         return cls.from_pretrained(base_model, num_categories, **params)
     if hasattr(cls, "from_texts"):
-        return cls.from_texts(texts, num_categories, **params)
+        return cls.from_texts((r.text for r in records), num_categories, progress=progress, total=len(records),
+                              **params)
     return cls(num_categories, **params)
 
 
@@ -230,6 +242,16 @@ def coreness_class_weights(coreness: torch.Tensor, power: float) -> torch.Tensor
     return (counts.sum() / (3 * counts)).pow(power)
 
 
+def batch_source(model: torch.nn.Module, records: Sequence[Record], progress: bool
+                 ) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+    """The model inputs of the records at an index array. ``linear`` featurises every text once, into compact
+    arrays (:meth:`models.linear.LinearClassifier.encode_all`); the others encode each batch as it comes."""
+    if hasattr(model, "encode_all"):
+        return model.encode_all((r.text for r in records), progress=progress, total=len(records)).batch
+    texts = [r.text for r in records]
+    return lambda index: model.encode([texts[i] for i in index.tolist()])
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -243,54 +265,69 @@ def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequen
     """Run ``opts.epochs`` epochs over ``records`` (both heads) and ``extra_records`` (real coreness labels: the
     coreness head only); a ``fresh`` model first gets its head biases at the training priors."""
     every = [*records, *extra_records]
-    texts = [r.text for r in every]
     y_core = torch.from_numpy(coreness_targets(every))
-    y_cats = torch.from_numpy(category_targets(every, labels))
-    known = torch.from_numpy(known_categories(every, labels))
+    y_cats = torch.from_numpy(category_targets(every, labels, np.uint8))  # 0/1 bytes: a quarter of float32
+    known = torch.from_numpy(known_categories(every, labels, np.uint8))
     cat_mask = torch.cat([torch.ones(len(records)), torch.zeros(len(extra_records))])
     recency = torch.cat([torch.from_numpy(recency_weights(records, opts.recency_half_life)),
                          torch.ones(len(extra_records))])
     core_weight = coreness_class_weights(y_core, opts.coreness_weight_power).to(opts.device)
     if fresh:
-        init_head_biases(model, y_core, y_cats[: len(records)], known[: len(records)])
+        init_head_biases(model, y_core, y_cats[: len(records)].float(), known[: len(records)].float())
     model.to(opts.device)
     dense_params = [p for p in model.parameters() if p.requires_grad and not is_sparse(model, p)]
-    steps_per_epoch = math.ceil(len(texts) / opts.batch_size)
+    started = time.monotonic()
+    batch_inputs = batch_source(model, every, opts.progress)
+    steps_per_epoch = math.ceil(len(every) / opts.batch_size)
     total_steps = min(opts.epochs * steps_per_epoch, opts.max_steps or opts.epochs * steps_per_epoch)
     optimizers = make_optimizers(opts.arch, model, opts.learning_rate, opts.batch_size)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.05, 1 - step / max(1, total_steps)))
                   for opt in optimizers]
     amp_dtype = torch.bfloat16 if opts.device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
     generator = torch.Generator().manual_seed(opts.seed)
-    started = time.monotonic()
     step, epochs_run = 0, 0
     model.train()
+    threads = torch.get_num_threads()
+    if hasattr(model, "sgd_step") and opts.device == "cpu":  # small ops: 2 threads cost 5x more CPU under load
+        torch.set_num_threads(1)
     with tqdm(total=total_steps, desc=f"train {opts.arch}", unit="batch", disable=not opts.progress) as bar:
         for epoch in range(opts.epochs):
             if step >= total_steps:
                 break
-            order = torch.randperm(len(texts), generator=generator)
+            order = torch.randperm(len(every), generator=generator)
             for start in range(0, len(order), opts.batch_size):
                 if step >= total_steps:
                     break
                 idx = order[start:start + opts.batch_size]
-                inputs = model.encode([texts[i] for i in idx])
-                with autocast(opts.device, amp_dtype):
-                    output = model(**{key: value.to(opts.device) for key, value in inputs.items()})
-                loss = classification_loss(output, y_core[idx].to(opts.device), y_cats[idx].to(opts.device),
-                                           opts.focal_gamma, core_weight, cat_mask[idx].to(opts.device),
-                                           recency[idx].to(opts.device), known[idx].to(opts.device))
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(dense_params, 5.0)
-                for opt, sched in zip(optimizers, schedulers, strict=True):
-                    opt.step()
-                    sched.step()
+                inputs = {key: value.to(opts.device) for key, value in batch_inputs(idx.numpy()).items()}
+
+                def loss_of(output: ClassifierOutput, idx: torch.Tensor = idx) -> torch.Tensor:
+                    return classification_loss(output, y_core[idx].to(opts.device),
+                                               y_cats[idx].to(opts.device, torch.float32), opts.focal_gamma,
+                                               core_weight, cat_mask[idx].to(opts.device),
+                                               recency[idx].to(opts.device),
+                                               known[idx].to(opts.device, torch.float32))
+
+                if hasattr(model, "sgd_step"):  # linear: the same SGD update, without sparse gradient tensors
+                    rate = opts.learning_rate * opts.batch_size * max(0.05, 1 - step / max(1, total_steps))
+                    loss = model.sgd_step(**inputs, loss_of=loss_of, learning_rate=rate, max_bias_grad_norm=5.0)
+                else:
+                    with autocast(opts.device, amp_dtype):
+                        output = model(**inputs)
+                    loss = loss_of(output)
+                    for opt in optimizers:
+                        opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(dense_params, 5.0)
+                    for opt, sched in zip(optimizers, schedulers, strict=True):
+                        opt.step()
+                        sched.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+                if step % 50 == 1:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
             epochs_run += 1
+    torch.set_num_threads(threads)
     return FitResult(step, epochs_run, time.monotonic() - started, core_weight.tolist())
 
 
@@ -316,7 +353,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     torch.manual_seed(opts.seed)
 
     proxy = CorenessProxy.load()
-    records = to_records(data, opts.sample_count, opts.seed, proxy)
+    records = to_records(data, opts.sample_count, opts.seed, proxy, opts.progress)
     split = time_split if opts.split == "time" else split_records
     train_records, valid_records = split(records, opts.valid_fraction, opts.seed)
     extra_train_records, extra_valid_records = [], []
@@ -326,6 +363,8 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
         extra_valid_records += check
     if not train_records:
         raise TrainingError(f"need at least 2 records to train, got {len(records)}")
+    if config.epochs is None and opts.arch == "linear":
+        opts = replace(opts, epochs=scaled_epochs(opts.epochs, len(train_records)))
 
     resumed = (opts.output_dir / CONFIG_FILE).exists() and not opts.from_scratch
     previous: dict[str, Any] = {}
@@ -343,7 +382,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
             raise TrainingError(f"no category occurs {opts.min_category_count} times in {len(train_records)} training "
                                 "records: lower --min-category-count or add data")
         model = build_model(opts.arch, len(labels), opts.base_model, opts.max_seq_length, arch_params,
-                            [r.text for r in train_records])
+                            train_records, opts.progress)
     fitted = fit(model, train_records, extra_train_records, labels, opts, fresh=not resumed)
 
     score_batch = max(opts.batch_size, 64)
@@ -365,7 +404,7 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
         # that slice, the papers nearest to what it will classify.
         log.info("refitting %s on all %d records", opts.arch, len(train_records) + len(valid_records))
         model = build_model(opts.arch, len(labels), opts.base_model, opts.max_seq_length, arch_params,
-                            [r.text for r in train_records + valid_records])
+                            train_records + valid_records, opts.progress)
         refit_seconds = fit(model, train_records + valid_records, extra_train_records, labels, opts,
                             fresh=True).seconds
     previous_training = previous.get("training", {})

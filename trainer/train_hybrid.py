@@ -76,11 +76,13 @@ def default_cache_path() -> Path:
 
 
 def cached_embeddings(encoder: FrozenEncoder, texts: Sequence[str], cache_path: str | Path | None = None, *,
-                      batch_size: int = 32, device: str = "cpu") -> tuple[np.ndarray, dict[str, int]]:
+                      batch_size: int = 32, device: str = "cpu", progress: bool = False
+                      ) -> tuple[np.ndarray, dict[str, int]]:
     """Embeddings (n, dim) of ``texts`` through the on-disk cache, and the cache's hit/miss counts."""
     with EmbeddingCache(cache_path or default_cache_path(), encoder.encoder_id, encoder.max_seq_length,
                         encoder.dim) as cache:
-        vectors = cache.embed(list(texts), lambda chunk: encoder.embed(chunk, batch_size=batch_size, device=device))
+        vectors = cache.embed(list(texts), lambda chunk: encoder.embed(chunk, batch_size=batch_size, device=device),
+                              progress=progress)
         return vectors, {"hits": cache.hits, "misses": cache.misses}
 
 
@@ -212,7 +214,7 @@ def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path
     encoder.to(opts.device)
     groups = [train_records, valid_records, extra_fit, extra_check]
     embeddings, cache_stats = cached_embeddings(encoder, [r.text for g in groups for r in g], cache_path,
-                                                device=opts.device)
+                                                device=opts.device, progress=opts.progress)
     embed_seconds = time.monotonic() - started
     train_emb, valid_emb, extra_emb, check_emb = np.split(embeddings, np.cumsum([len(g) for g in groups])[:-1])
 

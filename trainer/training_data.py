@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from models.labels import CorenessProxy
-from models.record_files import GZIP_ERRORS, SkipCounts, numbered_lines
+from models.record_files import GZIP_ERRORS, SkipCounts, count_lines, numbered_lines
 from models.records import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
 from trainer.dataset import snapshot_date
 
@@ -114,14 +115,17 @@ def iter_records(path: str | Path, report: LoadReport, *, proxy: CorenessProxy |
 
 
 def load_records(path: str | Path, *, limit: int | None = None, proxy: CorenessProxy | None = None,
-                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[Record]:
-    """Up to ``limit`` labelled records from ``path``; logs how many lines were skipped and why."""
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, progress: bool = False) -> list[Record]:
+    """Up to ``limit`` labelled records from ``path``; logs how many lines were skipped and why. ``progress``:
+    a bar with an ETA (the file's lines are counted first)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     report = LoadReport(str(path))
     records: list[Record] = []
-    for record in iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars):
+    total = (limit or count_lines(path)) if progress else None  # (a file shorter than the limit ends early)
+    for record in tqdm(iter_records(path, report, proxy=proxy, max_text_chars=max_text_chars), total=total,
+                       desc="read", unit="record", disable=not progress, mininterval=2):
         records.append(record)
         if limit is not None and len(records) >= limit:
             break
@@ -186,18 +190,18 @@ def category_vocabulary(records: Iterable[Record], min_count: int = 1) -> list[s
                   key=lambda c: (-counts[c], c))
 
 
-def known_categories(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+def known_categories(records: Sequence[Record], labels: Sequence[str], dtype: type = np.float32) -> np.ndarray:
     """(n, C) 1/0: whether a record's label for each category is known. A record filed under a bare archive
     (``astro-ph``) and none of its subject classes says nothing about which subject class (``astro-ph.*``)
     it belongs to: those entries are 0, so that training neither rewards nor penalises them."""
-    known = np.ones((len(records), len(labels)), dtype=np.float32)
+    known = np.ones((len(records), len(labels)), dtype=dtype)
     prefixes = {label.split(".", 1)[0] for label in labels if "." in label}
     columns = {prefix: [i for i, label in enumerate(labels) if label.startswith(prefix + ".")]
                for prefix in prefixes}
     for row, record in enumerate(records):
         for cat in record.categories:
             if cat in columns and not any(c.startswith(cat + ".") for c in record.categories):
-                known[row, columns[cat]] = 0.0
+                known[row, columns[cat]] = 0
     return known
 
 
