@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.calibration import IDENTITY, Calibration
 from models.base import ClassifierOutput
+from models.calibration import IDENTITY, Calibration
 from models.checkpoint import CONFIG_FILE, architecture, load_checkpoint, save_checkpoint
 from models.device import autocast
 from models.labels import CorenessProxy
