@@ -67,7 +67,7 @@ def main() -> None:
     if args.model == "artifacts/demo-model":
         from streaming.apps.demo import ensure_model
 
-        ensure_model(Path(args.model), 1500, retrain=False)
+        ensure_model(Path(args.model), False, None, 1500)
     settings = load_settings(model={"model": args.model, "reload_interval_s": 0, "device": "cpu"})
     source = ModelSource(settings)
     source.load()

@@ -194,15 +194,16 @@ def test_demo_and_compose_bootstrap_train_on_real_papers_when_given(tmp_path: Pa
 
     import boto3
 
-    from streaming.apps.demo import ensure_model
+    from streaming.apps.demo import ensure_model, real_split
     from tests.test_compose import SERVICES
 
     data = _coreness_file(tmp_path / "papers.jsonl.gz", _dated_sample(300, seed=8))
-    model = ensure_model(tmp_path / "demo", 200, retrain=False, train_data=data)
-    config = json.loads((model / "config.json").read_text())
+    train, held_out = real_split(data, 200, 100)  # the demo holds out the 100 most recent papers
+    config = ensure_model(tmp_path / "demo", False, train, len(train))
     assert config["arch"] == "linear" and config["training"]["train_records"] + config["training"][
         "valid_records"] == 200
-    assert config["card"]["data"]["valid_dates"]["last"] == "2010-10-27"  # the most recent of the 300 days
+    last_trained = config["card"]["data"]["valid_dates"]["last"]
+    assert last_trained == max(paper.date for paper in train) < min(paper.date for paper in held_out)
 
     bucket = "bootstrap-real"
     boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
