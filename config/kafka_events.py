@@ -132,6 +132,13 @@ class KafkaEvents:
             log.info(f"Kafka broker {name} reachable again after {time.time() - down.since:.0f} s",
                      extra={"broker": name, "down_since": _iso(down.since), "failed_attempts": down.total})
 
+    def forget(self) -> None:
+        """Drop what earlier clients reported, without logging (a new processor in the same process starts
+        afresh; its own clients report again within seconds if a broker is still down)."""
+        with self._lock:
+            self._down.clear()
+            self._all_down_since = None
+
     def status(self) -> dict[str, Any]:
         """For readiness: ``{"all_down": bool, "unreachable": {broker: since}}`` (brokers failing lately)."""
         now = self._clock()

@@ -165,6 +165,14 @@ def test_unreachable_broker_is_one_warning_then_reminders_and_recovery(caplog: p
     assert shown == ["REQTMOUT: Timed out 0 in-flight requests",
                      "REQTMOUT: Timed out 7 in-flight requests (99 similar lines suppressed)"]
 
+    caplog.clear()  # a new processor in the same process forgets what earlier clients reported, silently
+    events.error(refused)
+    events.error(Error("_ALL_BROKERS_DOWN", "1/1 brokers are down"))
+    assert events.status()["all_down"]
+    events.forget()
+    assert events.status() == {"all_down": False, "unreachable": {}}
+    assert not [r for r in caplog.records if "reachable again" in r.getMessage()]
+
 
 def test_topics_create_without_a_broker_logs_one_line(capfd: pytest.CaptureFixture[str]) -> None:
     from config.logging import setup_logging

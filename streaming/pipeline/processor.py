@@ -115,6 +115,7 @@ class StreamProcessor:
         stop = stop or threading.Event()
         self.model_source.current()  # load the model before joining the group
         self._start_stages()
+        KAFKA_EVENTS.forget()  # readiness reflects this processor's clients, not an earlier one's in this process
         self._consumer = make_consumer(self.settings, **{"enable.partition.eof": True,
                                                          "on_commit": self.committer.on_commit})
         self._consumer.subscribe(list(self.settings.kafka.input_topics), on_assign=self._on_assign,
