@@ -177,6 +177,8 @@ def test_a_slow_request_head_gets_408_and_is_closed(server: Server) -> None:
                 chunk = sock.recv(4096)
             except TimeoutError:
                 continue
+            except ConnectionResetError:  # a byte dripped after the server's 408 and close is answered by a reset
+                break
             answer += chunk
             if not chunk:
                 break
