@@ -9,8 +9,11 @@ Each is a context manager; ``stop()``/``start()`` can be called again to simulat
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -18,11 +21,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streaming.apps.embedded import EmbeddedBroker, ManagedProcess, free_port, wait_listening
 
-__all__ = ["MotoServer", "NoidaServer", "TansuBroker", "black_hole", "free_port", "wait_for_http"]
+__all__ = ["MotoServer", "NoidaServer", "TansuBroker", "black_hole", "corestream_serve", "free_port", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:
@@ -37,6 +41,36 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
             last = exc
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer after {timeout}s: {last}")
+
+
+@dataclass
+class ServeRun:
+    """A ``corestream serve`` subprocess: its URL, and once it has stopped its stderr and JSON log lines."""
+
+    url: str
+    stderr: str = ""
+    log_lines: list[dict] = field(default_factory=list)
+
+
+@contextmanager
+def corestream_serve(model: Path) -> Iterator[ServeRun]:
+    """``corestream serve --model MODEL`` on a free loopback port, answering once the block starts; stopped (and
+    its log read) when the block ends."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaming.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+         "--port", str(port)],
+        env={**os.environ, "CORESTREAM_MODEL__DEVICE": "cpu", "CORESTREAM_MODEL__RELOAD_INTERVAL_S": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    run = ServeRun(f"http://127.0.0.1:{port}")
+    try:
+        wait_for_http(f"{run.url}/api/v1/health", timeout=60)
+        yield run
+    finally:
+        proc.terminate()
+        _, run.stderr = proc.communicate(timeout=30)
+        run.log_lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from config.settings import Settings
 from models.records import Record
 from streaming.apps.api import create_app
-from tests.servers import free_port, wait_for_http
+from tests.servers import corestream_serve
 from trainer.train import train_model
 
 FLAT = {"id": "a1", "title": "Higgs boson couplings at the LHC", "abstract": "We measure couplings of the Higgs."}
@@ -202,22 +201,10 @@ def test_openapi_spec_documents_the_endpoints(client: TestClient) -> None:
 
 @pytest.mark.timeout(120)
 def test_corestream_serve_answers_over_http(checkpoint: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
-         "--port", str(port)],
-        env={**os.environ, "CORESTREAM_MODEL__DEVICE": "cpu", "CORESTREAM_MODEL__RELOAD_INTERVAL_S": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/v1/health", timeout=60)
-        response = httpx.post(f"http://127.0.0.1:{port}/api/v1/predict", json={"records": [INSPIRE]}, timeout=30)
+    with corestream_serve(checkpoint) as run:
+        response = httpx.post(f"{run.url}/api/v1/predict", json={"records": [INSPIRE]}, timeout=30)
         assert response.status_code == 200 and response.json()["results"][0]["id"] == "42"
-    finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
-    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert any(line["msg"] == "serving the predict API" for line in lines), stderr[-2000:]
+    assert any(line["msg"] == "serving the predict API" for line in run.log_lines), run.stderr[-2000:]
 
 
 def test_serve_with_a_missing_model_fails_clearly(tmp_path: Path) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +9,8 @@ import pytest
 from models.checkpoint import read_checkpoint_config
 from models.provenance import GENERATED_SAMPLE, generated_sample_warning, trained_on, training_source
 from models.records import ClassificationResult
-from streaming.apps.embedded import free_port
 from streaming.cli import main
-from tests.servers import wait_for_http
+from tests.servers import corestream_serve
 from trainer.sample import generate_sample, write_sample
 from trainer.train import train_model
 
@@ -68,18 +63,7 @@ def test_classify_help_shows_the_default_model(capsys: pytest.CaptureFixture[str
 
 @pytest.mark.timeout(120)
 def test_serve_logs_a_warning_at_start(sample_model: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "serve", "--model", str(sample_model), "--host", "127.0.0.1",
-         "--port", str(port)],
-        env={**os.environ, "CORESTREAM_MODEL__DEVICE": "cpu", "CORESTREAM_MODEL__RELOAD_INTERVAL_S": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/v1/health", timeout=60)
-    finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
-    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    warnings = [line["msg"] for line in lines if line.get("level") == "WARNING"]
-    assert any("demo-like@1 was trained on the generated sample" in msg for msg in warnings), stderr[-2000:]
+    with corestream_serve(sample_model) as run:
+        pass
+    warnings = [line["msg"] for line in run.log_lines if line.get("level") == "WARNING"]
+    assert any("demo-like@1 was trained on the generated sample" in msg for msg in warnings), run.stderr[-2000:]
