@@ -269,7 +269,16 @@ def _text(value: Any, field: str) -> str:
         raise _invalid(f"field '{field}' must be a string, got {_json_type(value)}")
     if "\x00" in value:
         raise _invalid(f"field '{field}' contains NUL characters (binary data, not text)")
+    if _single_spaced(value):
+        return _valid_unicode(value)
     return " ".join(_valid_unicode(value).split())
+
+
+def _single_spaced(value: str) -> bool:
+    """Whether ``value`` is already whitespace-normalised: no leading or trailing space, no two in a row, no other
+    whitespace (every whitespace character but the ASCII space is unprintable). Two C scans instead of splitting
+    into words and joining them again (~5 us against ~10 for an abstract)."""
+    return value[:1] != " " and value[-1:] != " " and value.isprintable() and "  " not in value
 
 
 def _string_list(value: Any, field: str) -> list[str]:

@@ -399,7 +399,7 @@ class SinkStage(Stage):
         """``todo`` less the results read under an assignment that has ended (revoked, or revoked and assigned
         again since), noted in ``lost``: no attempt starts for them, so a revoked member's late write cannot land
         after the new owner's."""
-        gone = {pair for pair in {(env.tp, env.epoch) for env in batch.items} if not self.ownership.owns(*pair)}
+        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}
         if not gone:
             return todo
         latest = {env.result.id: env for env in batch.items if env.result is not None}  # whose result is written
