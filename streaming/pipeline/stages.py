@@ -54,7 +54,7 @@ class StageStopped(Exception):
 class Stage(threading.Thread):
     """A pipeline thread: takes items from ``inbox`` until ``None``, hands results to ``outbox``."""
 
-    def __init__(self, name: str, inbox: queue.Queue, outbox: queue.Queue, abort: threading.Event,
+    def __init__(self, name: str, inbox: queue.Queue, outbox: queue.Queue | queue.SimpleQueue, abort: threading.Event,
                  on_crash: Callable[[BaseException], None], on_progress: Callable[[], None]) -> None:
         super().__init__(name=name, daemon=True)
         self.inbox, self.outbox, self.abort = inbox, outbox, abort
@@ -90,7 +90,7 @@ class Stage(threading.Thread):
             except queue.Empty:
                 continue
 
-    def put(self, target: queue.Queue, item: object) -> None:
+    def put(self, target: queue.Queue | queue.SimpleQueue, item: object) -> None:
         """Blocking put that still notices an abort."""
         while True:
             if self.abort.is_set():
@@ -112,7 +112,9 @@ class InferenceStage(Stage):
         self._predictor: object = None
 
     def handle(self, batch: Batch) -> None:
-        batch.items = [env for env in batch.items if self.ownership.owns(env.tp, env.epoch)]
+        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}  # per batch, not per record
+        if gone:
+            batch.items = [env for env in batch.items if (env.tp, env.epoch) not in gone]
         todo = [env for env in batch.items if env.to_classify]
         if not todo:
             return
@@ -132,7 +134,8 @@ class InferenceStage(Stage):
                     result.record_version = env.record.version  # the sinks' guard against stale versions
                 env.result = result
                 coreness[result.coreness.label] += 1
-                categories.update(category.label for category in result.categories)
+                for category in result.categories:
+                    categories[category.label] += 1
             else:
                 env.rejection = result
         count_by_label(PREDICTIONS_CORENESS, coreness)  # one metric update per label and batch, not per record
