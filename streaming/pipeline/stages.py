@@ -29,6 +29,7 @@ from streaming.observability.metrics import (
     RECORDS_DEAD_LETTERED,
     SINK_ERRORS,
     count_by_label,
+    observe_many,
 )
 from streaming.pipeline import heap
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
@@ -347,9 +348,8 @@ class SinkStage(Stage):
                    if env.result is not None and env.result.id not in failures and env.result.id not in lost]
         RECORDS_CLASSIFIED.inc(len(written))
         now = time.time()
-        for env in written:
-            if env.timestamp_s is not None:
-                END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
+        observe_many(END_TO_END_SECONDS, [max(0.0, now - env.timestamp_s) for env in written
+                                          if env.timestamp_s is not None])
         return len(written), dead_lettered
 
     def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str],
