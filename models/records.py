@@ -52,6 +52,7 @@ MAX_ID_BYTES = 512  # Elasticsearch's limit for a document _id
 # Refused in ids: C0 and C1 control characters, DEL, the line and paragraph separators, lone surrogates.
 _ID_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_OTHER_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace() and c != 32)  # \t\n\v\f\r, \x1c-\x1f
 
 
 class RecordError(ValueError):
@@ -276,9 +277,15 @@ def _text(value: Any, field: str) -> str:
 
 def _single_spaced(value: str) -> bool:
     """Whether ``value`` is already whitespace-normalised: no leading or trailing space, no two in a row, no other
-    whitespace (every whitespace character but the ASCII space is unprintable). Two C scans instead of splitting
-    into words and joining them again (~5 us against ~10 for an abstract)."""
-    return value[:1] != " " and value[-1:] != " " and value.isprintable() and "  " not in value
+    whitespace. Two C scans instead of splitting into words and joining them again (~3 us against ~10 for an
+    abstract): ASCII text is searched as bytes for the other ASCII whitespace, other text by ``isprintable``
+    (every whitespace character but the ASCII space is unprintable)."""
+    if value[:1] == " " or value[-1:] == " " or "  " in value:
+        return False
+    if value.isascii():
+        raw = value.encode("ascii")
+        return len(raw.translate(None, _OTHER_ASCII_WHITESPACE)) == len(raw)
+    return value.isprintable()
 
 
 def _string_list(value: Any, field: str) -> list[str]:
