@@ -113,7 +113,7 @@ class Predictor:
         chosen categories of the whole batch (only those become Python values: a row holds every category's
         score), and the batch's results are validated in one call from plain values; one ``classified_at`` per
         batch. Each result's JSON (:attr:`ClassificationResult.json_bytes`) is written by orjson from the same
-        plain values (the same bytes as pydantic's ``model_dump_json``, in a fifth of the time)."""
+        plain values (the same bytes as pydantic's ``model_dump_json``; ~0.6 against ~3 us a result, measured)."""
         classified_at = datetime.now(UTC)
         labels, info = self.category_labels, self.info
         passed = categories >= self.thresholds

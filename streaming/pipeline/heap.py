@@ -7,9 +7,8 @@ enough in the queues to reach the old generation, so full collections keep comin
 once and freezes what exists (``gc.freeze``: never walked again), and raises the young-generation threshold from
 700 to 50,000 allocations. Measured with ``gc.callbacks`` in the processor's threads after the freeze (one
 10,000-record bench run each, linear, batch 64, load ~3.5 on 2 cores): 26 young and 1 middle collection taking
-683 ms in all at 5,000, against 2 young ones taking 76 ms at 50,000 (in-flight objects mostly die by reference
-count before a collection sees them). A model swap freezes the new model the same way (:func:`refreeze`).
-Reference counting still frees everything that is not in a cycle.
+683 ms in all at 5,000, against 2 young ones taking 76 ms at 50,000. A model swap freezes the new model the same
+way (:func:`refreeze`). Reference counting still frees everything that is not in a cycle.
 """
 
 from __future__ import annotations
