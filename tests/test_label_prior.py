@@ -110,3 +110,8 @@ def test_training_with_a_label_prior_on_real_papers(tmp_path: Path, shared_data:
     assert training["threshold_records"] == sum(1 for r in load_records(data_file)[-600:] if r.id in prior_ids)
     assert training["threshold_records"] == 500
     assert config["calibration"]["records"] == training["threshold_records"]
+
+
+def test_hybrid_refuses_a_label_prior(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="label-prior"):
+        train_model(None, arch="hybrid", label_prior=tmp_path / "prior.jsonl", output_dir=tmp_path / "m")

@@ -353,6 +353,8 @@ def train_model(data: str | Path | Sequence[Record | dict] | None, config: Train
     :func:`coreness_class_weights`). ``max_steps`` stops early (smoke tests).
     """
     config, arch_params = TrainConfig.split_options(options) if config is None else (config, options)
+    if config.arch == "hybrid" and config.label_prior:
+        raise TrainingError("--label-prior is not implemented for arch hybrid (its heads train in train_hybrid.py)")
     if config.arch == "hybrid":
         from trainer.train_hybrid import train_model_hybrid
 
