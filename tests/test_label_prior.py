@@ -105,7 +105,7 @@ def test_training_with_a_label_prior_on_real_papers(tmp_path: Path, shared_data:
     config = json.loads((path / "config.json").read_text())
     training = config["training"]
     prior_ids = {r.id for r in load_records(prior_file)}
-    assert training["label_prior"] == str(prior_file) and training["label_prior_power"] == 0.5
+    assert training["label_prior"] == str(prior_file) and training["label_prior_power"] == 0.0
     assert training["valid_records"] == 600
     assert training["threshold_records"] == sum(1 for r in load_records(data_file)[-600:] if r.id in prior_ids)
     assert training["threshold_records"] == 500

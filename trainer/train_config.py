@@ -70,9 +70,10 @@ class TrainConfig:
                                             "calibration are tuned on the validation records that are in it, and "
                                             "papers are weighted by --label-prior-power (trainer/label_prior.py)",
                                             metavar="FILE")
-    label_prior_power: float = option(0.5, "with --label-prior: category-loss weight (target / training share of "
-                                      "the paper's primary category) ** P; 0 = none, 1 = full importance weights "
-                                      "(default: %(default)s)", metavar="P")
+    label_prior_power: float = option(0.0, "with --label-prior: category-loss weight (target / training share of "
+                                      "the paper's primary category) ** P; 0 = none (thresholds only: chosen on "
+                                      "the time-later slice), 1 = full importance weights (default: %(default)s)",
+                                      metavar="P")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")
