@@ -8,10 +8,11 @@ large file). Two things follow from it:
 * **Thresholds and calibration** are tuned on the records of the time-later validation slice that are also in
   ``FILE`` (by id), not on the whole slice: the decisions are made for the mix the model will meet.
 * **Loss weights** (``--label-prior-power P``): each training paper's category loss is multiplied by
-  ``(p_target(primary) / p_train(primary)) ** P`` (default P = 0: off), the importance weight of its primary category, with both priors
-  taken from the most recent year of dated records of ``FILE`` and of the training data (add-one smoothed, the
-  ratio clipped to [1/20, 20], weights scaled to mean 1). P = 0 keeps the harvest's mix, 1 moves the effective
-  primary-category prior onto the target's.
+  ``(p_target(primary) / p_train(primary)) ** P``, the importance weight of its primary category, with both
+  priors taken from the most recent year of dated records of ``FILE`` and of the training data (add-one smoothed,
+  the ratio clipped to [1/20, 20], weights scaled to mean 1). P = 0 (the default) keeps the harvest's mix, 1 moves
+  the effective primary-category prior onto the target's. On the large file's time-later slice P = 0.5 was no
+  better than 0 (docs/models.md, "Training at scale"), so only the thresholds move by default.
 """
 
 from __future__ import annotations
