@@ -5,11 +5,14 @@
     python bench/accuracy.py --candidates linear reference
     python bench/accuracy.py --candidates hybrid reference --cached-only   # papers already in the embedding cache
     python bench/accuracy.py --data ../shared/data/arxiv-train-large.jsonl.gz --sizes 58000,150000,374000 \
-        --candidates reference linear                  # the learning curve
+        --candidates sgd linear --baseline             # the learning curve, with the scalable reference
 
 ``--data FILE --sizes N,...`` trains every candidate on nested subsets of ``FILE`` (its papers ordered by a hash
 of their id, the first N: each subset keeps the file's label mix and holds the smaller ones), each fit in a
-child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone.
+child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone. With ``--data``, the
+trainer's candidates get ``arxiv-train.jsonl.gz`` (the representative part of the large file) as ``--label-prior``
+(``--label-prior none``: without); ``--baseline`` also trains them on ``arxiv-train.jsonl.gz`` itself (58,199
+papers), the figure the large file is measured against.
 
 Every candidate is trained on ``../shared/data/arxiv-train.jsonl.gz`` (the trainer's candidates also get the
 INSPIRE coreness file as ``--extra-train``, which holds out 20% of it by id) and scored on
@@ -33,6 +36,11 @@ scores with the int8 encoder.
 The reference (scikit-learn, used only here): TF-IDF of word 1-2-grams (sublinear tf, 300k features) and
 one-vs-rest logistic regression (C=10), threshold 0.2, top-1 fallback; its coreness head is a multinomial
 logistic regression on the same features and the same coreness labels as the trainer's candidates.
+
+The reference of the learning curve (``sgd-reference``, named in ``--candidates`` only; liblinear's one-vs-rest
+takes hours at 374k papers): the same TF-IDF and one-vs-rest SGD logistic regression (scikit-learn
+``SGDClassifier(loss="log_loss")`` with its defaults, one core), threshold 0.3, top-1 fallback (issue 22's quick
+check); its coreness head is the same SGD classifier.
 
 To add a candidate, append a :class:`Candidate` to :data:`CANDIDATES`: a name and a ``fit(train_file,
 inspire_file, workdir) -> Scorer`` function.
