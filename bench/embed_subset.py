@@ -53,18 +53,19 @@ def main() -> int:
     parser.add_argument("--first", type=Path, action="append", default=[], help="files embedded whole first")
     parser.add_argument("--limit", type=int, help="stop after this many papers of DATA")
     parser.add_argument("--slice", type=int, default=1024)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    encoder = FrozenEncoder(*base_encoder(default_base_model()), DEFAULT_MAX_SEQ_LENGTH)
+    encoder = FrozenEncoder(*base_encoder(default_base_model()), DEFAULT_MAX_SEQ_LENGTH).to(args.device)
     started = time.process_time()
     done = 0
     for path in args.first:
         texts = texts_of(path, by_crc=False)
-        _, counts = cached_embeddings(encoder, texts)
+        _, counts = cached_embeddings(encoder, texts, device=args.device)
         print(f"{path.name}: {len(texts)} texts, {counts['misses']} embedded", flush=True)
     texts = texts_of(args.data, by_crc=True)[:args.limit]
     for start in range(0, len(texts), args.slice):
-        _, counts = cached_embeddings(encoder, texts[start:start + args.slice])
+        _, counts = cached_embeddings(encoder, texts[start:start + args.slice], device=args.device)
         done += counts["misses"]
         cpu = time.process_time() - started
         print(f"{time.strftime('%H:%M:%S')} first {start + args.slice} papers cached; embedded {done} in this run, "
