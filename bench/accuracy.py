@@ -9,10 +9,10 @@
 
 ``--data FILE --sizes N,...`` trains every candidate on nested subsets of ``FILE`` (its papers ordered by a hash
 of their id, the first N: each subset keeps the file's label mix and holds the smaller ones), each fit in a
-child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone. With ``--data``, the
-trainer's candidates get ``arxiv-train.jsonl.gz`` (the representative part of the large file) as ``--label-prior``
-(``--label-prior none``: without); ``--baseline`` also trains them on ``arxiv-train.jsonl.gz`` itself (58,199
-papers), the figure the large file is measured against.
+child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone. ``--label-prior FILE``
+is passed to the trainer's candidates (the December 2026 curve used ``arxiv-train.jsonl.gz``, then the default);
+``--baseline`` also trains them on ``arxiv-train.jsonl.gz`` itself (58,199 papers), the figure the large file is
+measured against.
 
 Every candidate is trained on ``../shared/data/arxiv-train.jsonl.gz`` (the trainer's candidates also get the
 INSPIRE coreness file as ``--extra-train``, which holds out 20% of it by id) and scored on
@@ -327,15 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "Hugging Face directory or a trainer transformer checkpoint (a fine-tuned encoder)")
     parser.add_argument("--runtime", default="torch", choices=["torch", "int8"], help="inference runtime of the "
                         "trainer's candidates (int8: the hybrid's encoder quantised; default: %(default)s)")
-    parser.add_argument("--label-prior", help="the trainer candidates' --label-prior (default with --data: "
-                        "arxiv-train.jsonl.gz in --data-dir, whose mix new submissions follow; 'none': without)")
+    parser.add_argument("--label-prior", help="the trainer candidates' --label-prior FILE (e.g. arxiv-train.jsonl.gz "
+                        "with the large file as --data; default: none, as the trainer's)")
     parser.add_argument("--baseline", action="store_true", help="with --sizes: also the trainer candidates on "
                         "arxiv-train.jsonl.gz (58,199 papers), the data the large file is measured against")
     args = parser.parse_args(argv)
     representative = args.data_dir / "arxiv-train.jsonl.gz"
-    prior = args.label_prior or (str(representative) if args.data and representative.exists() else "none")
-    if prior != "none":
-        TRAIN_OPTIONS["label_prior"] = Path(prior)
+    if args.label_prior:
+        TRAIN_OPTIONS["label_prior"] = Path(args.label_prior)
     if args.embedding_cache:
         os.environ["CORESTREAM_EMBEDDING_CACHE"] = str(args.embedding_cache)
     RUNTIME["runtime"] = args.runtime
