@@ -56,8 +56,8 @@ def test_packages_depend_one_way() -> None:
 
 @pytest.mark.parametrize(("module", "absent"), [
     ("streaming.pipeline.processor", ["boto3", "trainer"]),
-    ("trainer.dataset", ["confluent_kafka", "prometheus_client", "streaming"]),
-    ("models.predictor", ["confluent_kafka", "prometheus_client", "boto3", "streaming", "trainer"]),
+    ("trainer.datasets.build", ["confluent_kafka", "prometheus_client", "streaming"]),
+    ("models.inference.predictor", ["confluent_kafka", "prometheus_client", "boto3", "streaming", "trainer"]),
 ])
 def test_importing_a_layer_loads_only_what_it_needs(module: str, absent: list[str]) -> None:
     code = (f"import sys, {module}\n"

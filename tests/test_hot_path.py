@@ -8,8 +8,8 @@ import json
 
 from prometheus_client import CollectorRegistry, Counter
 
-from models.predictor import Predictor
-from models.records import ClassificationResult, parse_record
+from models.inference.predictor import Predictor
+from models.records.schema import ClassificationResult, parse_record
 from streaming.observability.metrics import count_by_label
 from streaming.pipeline import heap
 from tests.helpers_stream import tiny_model_dir
