@@ -23,6 +23,7 @@ from trainer.datasets.sample import generate_sample
 from trainer.datasets.training_data import (
     DatedRecord,
     bare_archives,
+    category_targets,
     category_vocabulary,
     decimal_year,
     held_out,
@@ -31,10 +32,11 @@ from trainer.datasets.training_data import (
     parse_training_line,
     recency_weights,
     time_split,
+    to_records,
 )
 from trainer.evaluation.evaluate import evaluate_model
 from trainer.evaluation.thresholds import apply_thresholds
-from trainer.training.train import category_targets, to_records, train_model
+from trainer.training.train import train_model
 
 
 def _dated_sample(n: int, seed: int = 0) -> list[dict]:

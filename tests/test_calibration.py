@@ -17,12 +17,12 @@ from models.inference.predictor import Predictor, score_logits
 from models.records.labels import CorenessProxy
 from models.records.schema import CORENESS_LABELS
 from tests.test_accuracy import _dated_sample, real_or_sample_split
-from trainer.datasets.training_data import time_split
+from trainer.datasets.training_data import category_targets, time_split, to_records
 from trainer.evaluation.calibration import fit_calibration, sigmoid_temperature, softmax_temperature
 from trainer.evaluation.evaluate import evaluate_model
 from trainer.evaluation.metrics import category_calibration, coreness_calibration, expected_calibration_error
 from trainer.evaluation.thresholds import apply_thresholds, calibrated_grid, tune_thresholds
-from trainer.training.train import category_targets, to_records, train_model
+from trainer.training.train import train_model
 
 
 def test_fitted_temperature_undoes_over_confident_logits() -> None:

@@ -13,7 +13,8 @@ from models.archs.checkpoint import CheckpointError, load_checkpoint, read_check
 from models.inference.predictor import Predictor
 from models.records.labels import CorenessProxy
 from trainer.datasets.sample import generate_sample
-from trainer.training.train import to_records, train_model
+from trainer.datasets.training_data import to_records
+from trainer.training.train import train_model
 
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ opcode
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container

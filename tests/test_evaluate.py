@@ -12,8 +12,9 @@ from models.inference.predictor import Predictor
 from models.records.labels import CorenessProxy
 from trainer.cli import main
 from trainer.datasets.sample import generate_sample, write_sample
+from trainer.datasets.training_data import to_records
 from trainer.evaluation.evaluate import build_report
-from trainer.training.train import to_records, train_model
+from trainer.training.train import train_model
 
 
 def test_metrics_match_a_case_worked_by_hand() -> None:

@@ -24,10 +24,10 @@ from models.records.schema import CORENESS_LABELS
 from tests.test_accuracy import _coreness_file, _dated_sample, assert_beats_trivial_baselines, real_or_sample_split
 from tests.test_models import _tiny_encoder
 from trainer.datasets.sample import generate_sample
-from trainer.datasets.training_data import held_out, load_records
+from trainer.datasets.training_data import category_targets, held_out, load_records, to_records
 from trainer.evaluation.metrics import category_metrics
 from trainer.evaluation.thresholds import apply_thresholds
-from trainer.training.train import category_targets, to_records, train_model
+from trainer.training.train import train_model
 
 
 def _tiny_encoder_with_weights(directory: Path, texts: list[str]) -> Path:

@@ -17,8 +17,8 @@ from models.inference.predictor import Predictor
 from models.records.labels import CorenessProxy
 from models.records.schema import Record
 from trainer.datasets.sample import generate_sample
-from trainer.datasets.training_data import load_records
-from trainer.training.train import category_targets, to_records, train_model
+from trainer.datasets.training_data import category_targets, load_records, to_records
+from trainer.training.train import train_model
 
 
 def _train_and_test_records(shared_data: Path | None) -> tuple[list[Record], list[Record]]:

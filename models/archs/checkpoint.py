@@ -6,7 +6,6 @@ with a message that names the file and the problem.
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import tempfile
@@ -18,14 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.archs import base
 from models.archs.calibration import Calibration
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED_KEYS = ("arch", "name", "version", "coreness_labels", "category_labels", "thresholds")
-ARCHS = {"linear": "models.archs.linear:LinearClassifier", "bag": "models.archs.bag:BagClassifier",
-         "transformer": "models.archs.transformer:TransformerClassifier",
-         "hybrid": "models.archs.hybrid:HybridClassifier"}
 
 
 class CheckpointError(ValueError):
@@ -33,11 +30,11 @@ class CheckpointError(ValueError):
 
 
 def architecture(arch: str) -> type[nn.Module]:
-    """The model class of ``arch`` (``linear``, ``bag``, ``transformer`` or ``hybrid``)."""
-    if arch not in ARCHS:
-        raise CheckpointError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
-    module, name = ARCHS[arch].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The model class registered as ``arch`` (:data:`models.archs.base.ARCHS`)."""
+    try:
+        return base.architecture(arch)
+    except base.UnknownArchError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def save_checkpoint(model: nn.Module, config: dict[str, Any], out_dir: str | Path, tokenizer: Any = None) -> Path:

@@ -148,6 +148,10 @@ class HybridClassifier(nn.Module):
         self.encoder.tokenizer.save_pretrained(str(out_dir))
         self.featurizer.save(out_dir)
 
+    def text_encoder(self) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        """The frozen encoder and its tokenizer, to start another model from."""
+        return self.encoder.model, self.encoder.tokenizer
+
     def heads(self, embeddings: torch.Tensor, sparse_ids: torch.Tensor, sparse_offsets: torch.Tensor,
               sparse_weights: torch.Tensor) -> ClassifierOutput:
         """Logits from precomputed embeddings (training from the cache) and TF-IDF inputs."""

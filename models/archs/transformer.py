@@ -109,6 +109,10 @@ class TransformerClassifier(nn.Module):
     def save_extra(self, out_dir: Path) -> None:
         self.tokenizer.save_pretrained(str(out_dir))
 
+    def text_encoder(self) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        """The (fine-tuned) encoder and its tokenizer, to start another model from."""
+        return self.encoder, self.tokenizer
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = self.dropout(mean_pool(hidden, attention_mask))

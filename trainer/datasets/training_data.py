@@ -25,11 +25,20 @@ from tqdm.auto import tqdm
 
 from models.records.files import GZIP_ERRORS, SkipCounts, count_lines, numbered_lines
 from models.records.labels import CorenessProxy
-from models.records.schema import DEFAULT_MAX_TEXT_CHARS, Record, RecordError, decode_message, parse_record
+from models.records.schema import (
+    CORENESS_LABELS,
+    DEFAULT_MAX_TEXT_CHARS,
+    Record,
+    RecordError,
+    decode_message,
+    parse_record,
+)
 from trainer.datasets.build import snapshot_date
+from trainer.datasets.sample import generate_sample
 
 log = logging.getLogger(__name__)
 REASON_UNLABELLED = "unlabelled"
+DEFAULT_SAMPLE_COUNT = 2000
 
 
 class DatedRecord(Record):
@@ -236,3 +245,34 @@ def recency_weights(records: Sequence[Record], half_life_years: float) -> np.nda
     latest = max(known)
     weights = np.array([0.5 ** ((latest - y) / half_life_years) if y is not None else 1.0 for y in years])
     return (weights / weights[[y is not None for y in years]].mean()).astype(np.float32)
+
+
+def to_records(data: str | Path | Sequence[Record | dict] | None, sample_count: int | None, seed: int,
+               proxy: CorenessProxy, progress: bool = False) -> list[Record]:
+    """Labelled records from a JSONL path, a list of Records/dicts, or (None) a generated sample."""
+    if data is None:
+        data = generate_sample(sample_count or DEFAULT_SAMPLE_COUNT, seed)
+    if isinstance(data, str | Path):
+        return load_records(data, limit=sample_count, proxy=proxy, progress=progress)
+    records = []
+    for index, item in enumerate(data):
+        try:
+            record = item if isinstance(item, Record) else parse_training_line(item)
+        except RecordError as exc:
+            raise DataError(f"training record {index} is invalid: {exc}") from None
+        records.append(label_record(record, proxy))
+    return records[:sample_count] if sample_count else records
+
+
+def category_targets(records: Sequence[Record], labels: Sequence[str], dtype: type = np.float32) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.zeros((len(records), len(labels)), dtype=dtype)
+    for row, record in enumerate(records):
+        for cat in record.categories:
+            if cat in index:
+                targets[row, index[cat]] = 1.0
+    return targets
+
+
+def coreness_targets(records: Sequence[Record]) -> np.ndarray:
+    return np.array([CORENESS_LABELS.index(r.coreness) for r in records], dtype=np.int64)

@@ -30,11 +30,10 @@ from models.archs.checkpoint import CheckpointError
 from models.inference.predictor import Predictor
 from models.records.labels import CorenessProxy
 from models.records.schema import CORENESS_LABELS, Record
-from trainer.datasets.training_data import DataError, fingerprint
+from trainer.datasets.training_data import DataError, category_targets, fingerprint, to_records
 from trainer.evaluation.card import card_markdown
 from trainer.evaluation.metrics import category_calibration, category_metrics, coreness_calibration, coreness_metrics
 from trainer.evaluation.thresholds import apply_thresholds
-from trainer.training.train import category_targets, to_records
 
 log = logging.getLogger(__name__)
 CHUNK = 1024

@@ -11,14 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from models.inference.device import resolve_device
+from trainer.training.archs import TRAINERS, ArchTrainer, arch_trainer
 
 DEFAULT_ARCH = "linear"
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # SGD, per record
-    "bag": {"epochs": 5, "batch_size": 64, "learning_rate": 5e-2, "recency_half_life": 0.0},
-    "transformer": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-5, "recency_half_life": 0.0},
-    "hybrid": {"epochs": 8, "batch_size": 64, "learning_rate": 4.0, "recency_half_life": 4.0},  # heads: SGD, as linear
-}
 SPLITS = ("time", "random")
 
 
@@ -35,11 +30,11 @@ def option(default: Any, help: str | None = None, **cli: Any) -> Any:  # noqa: A
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training option, with its default. ``None`` for epochs, batch size and learning rate means the
-    architecture's default (:data:`DEFAULTS`)."""
+    architecture's default (its trainer's ``defaults``)."""
 
     arch: str = option(DEFAULT_ARCH, "linear (TF-IDF, the default), bag (hashed embeddings), transformer, or "
                        "hybrid (frozen sentence encoder + TF-IDF, heads only; default base: MiniLM-L6)",
-                       choices=list(DEFAULTS))
+                       choices=list(TRAINERS))
     extra_train: tuple[str | Path, ...] = option((), "records with real coreness labels (e.g. an INSPIRE coreness "
                                                  "file or a `dataset --from-es` build); train the coreness head "
                                                  "only; repeatable", metavar="FILE")
@@ -87,16 +82,20 @@ class TrainConfig:
         config = cls(**{k: v for k, v in options.items() if k in names})
         return config, {k: v for k, v in options.items() if k not in names}
 
+    def trainer(self) -> ArchTrainer:
+        """The trainer of :attr:`arch` (:data:`trainer.training.archs.TRAINERS`)."""
+        if self.arch not in TRAINERS:
+            raise TrainingError(f"unknown arch {self.arch!r}: expected one of {', '.join(TRAINERS)}")
+        return arch_trainer(self.arch)
+
     def resolved(self) -> TrainConfig:
         """The architecture's defaults filled in, the device resolved and the options checked
         (:class:`TrainingError`)."""
-        if self.arch not in DEFAULTS:
-            raise TrainingError(f"unknown arch {self.arch!r}: expected one of {', '.join(DEFAULTS)}")
-        defaults = DEFAULTS[self.arch]
-        epochs = defaults["epochs"] if self.epochs is None else self.epochs
-        batch_size = self.batch_size or defaults["batch_size"]
-        learning_rate = self.learning_rate or defaults["learning_rate"]
-        half_life = defaults["recency_half_life"] if self.recency_half_life is None else self.recency_half_life
+        defaults = self.trainer().defaults
+        epochs = defaults.epochs if self.epochs is None else self.epochs
+        batch_size = self.batch_size or defaults.batch_size
+        learning_rate = self.learning_rate or defaults.learning_rate
+        half_life = defaults.recency_half_life if self.recency_half_life is None else self.recency_half_life
         if (epochs < 0 or batch_size < 1 or learning_rate <= 0 or self.focal_gamma < 0
                 or self.coreness_weight_power < 0 or half_life < 0):
             raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0, focal gamma >= 0, "

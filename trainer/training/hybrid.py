@@ -33,7 +33,9 @@ from models.archs.transformer import load_encoder
 from models.records.labels import CorenessProxy
 from models.records.schema import CORENESS_LABELS, Record
 from trainer.datasets.training_data import (
+    category_targets,
     category_vocabulary,
+    coreness_targets,
     fingerprint,
     held_out,
     known_categories,
@@ -41,22 +43,14 @@ from trainer.datasets.training_data import (
     recency_weights,
     split_records,
     time_split,
+    to_records,
 )
 from trainer.evaluation.calibration import calibration_config
 from trainer.evaluation.card import model_card
-from trainer.training.config import TrainConfig
-from trainer.training.train import (  # train_model dispatches here and imports this module lazily
-    FitResult,
-    TrainingError,
-    category_prior_logits,
-    category_targets,
-    coreness_class_weights,
-    coreness_prior_logits,
-    coreness_summary,
-    coreness_targets,
-    held_out_summary,
-    to_records,
-)
+from trainer.evaluation.held_out import coreness_summary, held_out_summary
+from trainer.training.archs import ArchDefaults, FitResult, TrainingData
+from trainer.training.config import TrainConfig, TrainingError
+from trainer.training.heads import category_prior_logits, coreness_class_weights, coreness_prior_logits
 
 log = logging.getLogger(__name__)
 # Every record moves every dense weight, but a term's weights only when the record has the term, so the dense
@@ -109,8 +103,8 @@ def fit_heads(model: HybridClassifier, embeddings: np.ndarray, texts: Sequence[s
         model.dense_head.bias[3:] = category_prior_logits(cats[mask.bool()].float(), known[mask.bool()])
         model.dense_head.bias[:3] = coreness_prior_logits(core)
     model.to(device).train()
-    # Plain SGD on both halves, as ``linear`` (see trainer.training.train.make_optimizers: adaptive optimizers end far
-    # from the logistic-regression optimum); the dense half at DENSE_LR_FACTOR x the rate.
+    # Plain SGD on both halves, as ``linear`` (see trainer.training.train.LinearTrainer.optimizers: adaptive
+    # optimizers end far from the logistic-regression optimum); the dense half at DENSE_LR_FACTOR x the rate.
     rate = opts.learning_rate * opts.batch_size
     optimizer = torch.optim.SGD([{"params": list(model.dense_head.parameters()), "lr": rate * DENSE_LR_FACTOR},
                                  {"params": list(model.sparse_head.parameters()), "lr": rate}])
@@ -175,15 +169,23 @@ def base_encoder(base_model: Path) -> tuple[torch.nn.Module, PreTrainedTokenizer
     if not config_file.is_file() or "arch" not in json.loads(config_file.read_text(encoding="utf-8")):
         return load_encoder(base_model)  # not a corestream checkpoint
     model, config = load_checkpoint(base_model)
-    if config["arch"] == "transformer":
-        return model.encoder, model.tokenizer
-    if config["arch"] == "hybrid":
-        return model.encoder.model, model.encoder.tokenizer
+    if hasattr(model, "text_encoder"):  # an architecture with a Hugging Face encoder (transformer, hybrid)
+        return model.text_encoder()
     raise TrainingError(f"{base_model} is a {config['arch']!r} checkpoint: only transformer and hybrid checkpoints "
                         "hold an encoder")
 
 
-def train_model_hybrid(data: Any, config: TrainConfig, *, cache_path: str | Path | None = None,
+class HybridTrainer:
+    """``hybrid``: heads on cached frozen-encoder embeddings and TF-IDF (:func:`train_model_hybrid`)."""
+
+    arch = "hybrid"
+    defaults = ArchDefaults(epochs=8, batch_size=64, learning_rate=4.0, recency_half_life=4.0)  # heads: SGD, as linear
+
+    def train(self, data: TrainingData, config: TrainConfig, arch_params: dict[str, Any]) -> Path:
+        return train_model_hybrid(data, config, **arch_params)
+
+
+def train_model_hybrid(data: TrainingData, config: TrainConfig, *, cache_path: str | Path | None = None,
                        max_features: int = SPARSE_DEFAULTS["max_features"],
                        min_df: int = SPARSE_DEFAULTS["min_df"]) -> Path:
     """``train_model`` for arch ``hybrid``: the same split, extra real coreness labels, threshold tuning, metrics,
