@@ -20,9 +20,8 @@ from models.inference.predictor import Predictor
 from models.records.labels import CorenessProxy
 from trainer.datasets.sample import generate_sample
 from trainer.datasets.training_data import to_records
-from trainer.training import archs
-from trainer.training.archs import ArchDefaults
-from trainer.training.config import TrainConfig
+from trainer.training import config as training_config
+from trainer.training.config import ArchDefaults, TrainConfig
 from trainer.training.train import StandardTrainer, train_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
@@ -30,11 +29,11 @@ CLASSIFIER_MEMBERS = ("from_config", "arch_config", "save_extra", "encode", "cou
 
 
 def test_every_architecture_has_a_model_class_and_a_trainer() -> None:
-    assert list(base.ARCHS) == list(archs.TRAINERS) == ["linear", "bag", "transformer", "hybrid"]
+    assert list(base.ARCHS) == list(training_config.TRAINERS) == ["linear", "bag", "transformer", "hybrid"]
     for name in base.ARCHS:
         cls = architecture(name)
         assert cls.arch == name and all(callable(getattr(cls, member, None)) for member in CLASSIFIER_MEMBERS), name
-        trainer = archs.arch_trainer(name)
+        trainer = training_config.arch_trainer(name)
         assert trainer.arch == name and isinstance(trainer.defaults, ArchDefaults)
         assert callable(trainer.train)
 
@@ -99,7 +98,7 @@ class HashedCountsTrainer(StandardTrainer):
 def test_an_architecture_added_through_the_registries_trains_saves_loads_and_predicts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(base.ARCHS, "hashed-counts", HashedCountsClassifier)
-    monkeypatch.setitem(archs.TRAINERS, "hashed-counts", HashedCountsTrainer)
+    monkeypatch.setitem(training_config.TRAINERS, "hashed-counts", HashedCountsTrainer)
     path = train_model(generate_sample(300, seed=3), arch="hashed-counts", output_dir=tmp_path / "model",
                        buckets=32, progress=False)
 

@@ -3,7 +3,7 @@
 predictor and the trainer dispatch on.
 
 Adding an architecture: a module here with an ``nn.Module`` that implements :class:`Classifier`, one line in
-:data:`ARCHS` (or :func:`register_arch`), and its trainer (``trainer.training.archs``).
+:data:`ARCHS` (or :func:`register_arch`), and its trainer (``trainer.training.config.TRAINERS``).
 """
 
 from __future__ import annotations

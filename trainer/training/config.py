@@ -1,24 +1,77 @@
 """The training options, listed once: :class:`TrainConfig` feeds :func:`trainer.training.train.train_model` and
-builds the ``corestream-train train`` flags (help text in each field's metadata, as HF's ``HfArgumentParser`` does)."""
+builds the ``corestream-train train`` flags (help text in each field's metadata, as HF's ``HfArgumentParser`` does).
+The architectures an option can name are those of :data:`TRAINERS`: the training half of each architecture
+(:class:`ArchTrainer`; the model half is :mod:`models.archs.base`), registered under the same name."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from models.inference.device import resolve_device
-from trainer.training.archs import TRAINERS, ArchTrainer, arch_trainer
+from models.records.schema import Record
 
 DEFAULT_ARCH = "linear"
 SPLITS = ("time", "random")
+TrainingData = str | Path | Sequence[Record | dict] | None  # a file, records or record dicts, or (None) a sample
 
 
 class TrainingError(ValueError):
     """Training cannot start: bad data, options or checkpoint."""
+
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    """An architecture's values for the options left unset (``None``) in :class:`TrainConfig`."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    recency_half_life: float
+
+
+class ArchTrainer(Protocol):
+    """Trains one architecture: from data and options to a saved checkpoint."""
+
+    arch: str
+    defaults: ArchDefaults
+
+    def train(self, data: TrainingData, config: TrainConfig, arch_params: dict[str, Any]) -> Path:
+        """Train on ``data`` as ``config`` says (``arch_params``: the model's own parameters, e.g. ``embed_dim``),
+        save the checkpoint in ``config.output_dir`` and return that path."""
+        ...
+
+
+# arch name -> "module:Class" (imported on first use: hybrid loads `transformers`), or the class; in the order
+# the command line lists them
+TRAINERS: dict[str, str | type[ArchTrainer]] = {
+    "linear": "trainer.training.train:LinearTrainer",
+    "bag": "trainer.training.train:BagTrainer",
+    "transformer": "trainer.training.train:TransformerTrainer",
+    "hybrid": "trainer.training.hybrid:HybridTrainer",
+}
+
+
+def register_trainer(name: str, target: str | type[ArchTrainer]) -> None:
+    """Register the trainer of architecture ``name``: its class, or ``"module:Class"`` to import when first used."""
+    TRAINERS[name] = target
+
+
+def arch_trainer(name: str) -> ArchTrainer:
+    """The trainer registered as ``name`` (:class:`TrainingError` if none is)."""
+    if name not in TRAINERS:
+        raise TrainingError(f"unknown arch {name!r}: expected one of {', '.join(TRAINERS)}")
+    target = TRAINERS[name]
+    if isinstance(target, str):
+        module, cls = target.split(":")
+        target = getattr(importlib.import_module(module), cls)
+    return target()
 
 
 def option(default: Any, help: str | None = None, **cli: Any) -> Any:  # noqa: A002 - argparse's name
@@ -83,9 +136,7 @@ class TrainConfig:
         return config, {k: v for k, v in options.items() if k not in names}
 
     def trainer(self) -> ArchTrainer:
-        """The trainer of :attr:`arch` (:data:`trainer.training.archs.TRAINERS`)."""
-        if self.arch not in TRAINERS:
-            raise TrainingError(f"unknown arch {self.arch!r}: expected one of {', '.join(TRAINERS)}")
+        """The trainer of :attr:`arch` (:data:`TRAINERS`)."""
         return arch_trainer(self.arch)
 
     def resolved(self) -> TrainConfig:

@@ -1,9 +1,21 @@
-"""What every architecture's training shares about its two heads: the priors its biases start at, and the
-coreness class weights of its loss."""
+"""What every architecture's fit shares: the priors its two heads' biases start at, the coreness class weights of
+its loss, and what it reports (:class:`FitResult`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class FitResult:
+    """What one fit did: optimiser steps, epochs, seconds, and the coreness class weights of its loss."""
+
+    steps: int
+    epochs: int
+    seconds: float
+    coreness_weight: list[float]
 
 
 def init_head_biases(model: torch.nn.Module, coreness: torch.Tensor, categories: torch.Tensor,

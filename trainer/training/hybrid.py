@@ -48,9 +48,8 @@ from trainer.datasets.training_data import (
 from trainer.evaluation.calibration import calibration_config
 from trainer.evaluation.card import model_card
 from trainer.evaluation.held_out import coreness_summary, held_out_summary
-from trainer.training.archs import ArchDefaults, FitResult, TrainingData
-from trainer.training.config import TrainConfig, TrainingError
-from trainer.training.heads import category_prior_logits, coreness_class_weights, coreness_prior_logits
+from trainer.training.config import ArchDefaults, TrainConfig, TrainingData, TrainingError
+from trainer.training.heads import FitResult, category_prior_logits, coreness_class_weights, coreness_prior_logits
 
 log = logging.getLogger(__name__)
 # Every record moves every dense weight, but a term's weights only when the record has the term, so the dense

@@ -1,6 +1,6 @@
 """``corestream-train train``: fit a linear, bag, transformer or hybrid model, tune thresholds on the most recent data,
 save a checkpoint with its model card. :func:`train_model` hands the run to the architecture's trainer
-(:mod:`trainer.training.archs`); this module holds the trainers of the architectures trained end to end
+(:data:`trainer.training.config.TRAINERS`); this module holds the trainers of the architectures trained end to end
 (:class:`StandardTrainer`: linear, bag, transformer; hybrid's is :mod:`trainer.training.hybrid`).
 
 Standard data flow: records (file, list, or a generated sample) -> labelled records -> train/validation split (the most
@@ -53,9 +53,8 @@ from trainer.datasets.training_data import (
 from trainer.evaluation.calibration import calibration_config
 from trainer.evaluation.card import model_card
 from trainer.evaluation.held_out import coreness_summary, evaluate_split
-from trainer.training.archs import ArchDefaults, FitResult, TrainingData
-from trainer.training.config import TrainConfig, TrainingError
-from trainer.training.heads import coreness_class_weights, init_head_biases
+from trainer.training.config import ArchDefaults, TrainConfig, TrainingData, TrainingError
+from trainer.training.heads import FitResult, coreness_class_weights, init_head_biases
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +189,8 @@ def train_model(data: TrainingData, config: TrainConfig | None = None, **options
 class StandardTrainer:
     """The training of an architecture fitted end to end by :func:`fit`: build a fresh model (or resume the
     checkpoint in the output directory), fit it, fit the calibration and tune the thresholds on the held-out
-    slice, refit on all records (if :attr:`refit`), save. A subclass says how its model is built and optimised."""
+    slice, refit on all records (if :attr:`refit`), save. A subclass says how its model is built and optimised;
+    the model has a ``coreness_head`` and a ``category_head`` with a ``bias`` (started at the training priors)."""
 
     arch: str
     defaults: ArchDefaults
