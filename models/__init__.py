@@ -1,2 +1,1 @@
-"""Models, by concern: ``records`` (schema, intake), ``archs`` (architectures, checkpoints), ``registry`` (S3),
-``inference`` (the predictor)."""
+"""Models by concern: records (schema, intake), archs (architectures, checkpoints), registry (S3), inference."""

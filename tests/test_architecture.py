@@ -206,6 +206,9 @@ def test_deferred_imports_count_and_type_only_imports_do_not(tmp_path: Path) -> 
     ("streaming.pipeline.processor", ["boto3", "trainer"]),
     ("trainer.datasets.build", ["confluent_kafka", "prometheus_client", "streaming"]),
     ("models.inference.predictor", ["confluent_kafka", "prometheus_client", "boto3", "streaming", "trainer"]),
+    # the arch registries import an architecture when it is first used: naming them loads no `transformers`
+    ("models.archs.checkpoint", ["transformers", "boto3", "trainer"]),
+    ("trainer.training.config", ["transformers", "trainer.training.hybrid"]),
 ])
 def test_importing_a_layer_loads_only_what_it_needs(module: str, absent: list[str]) -> None:
     code = (f"import sys, {module}\n"
