@@ -25,7 +25,8 @@ class Classifier(Protocol):
     """An architecture's model (an ``nn.Module``). Its checkpoint holds ``arch``, :meth:`arch_config` (merged
     into ``config.json``), the ``state_dict`` (``model.safetensors``) and what :meth:`save_extra` writes;
     :meth:`from_config` rebuilds the module from them, before the weights are loaded. A model built on a Hugging
-    Face encoder may also offer ``text_encoder() -> (encoder, tokenizer)``, for another model to start from."""
+    Face encoder may also offer ``text_encoder() -> (encoder, tokenizer)``, for another model to start from, and
+    its ``encoder`` attribute is what the int8 runtime quantises (:func:`models.archs.runtime.apply_runtime`)."""
 
     arch: str  # the name it is registered under, recorded in the checkpoint
     num_categories: int
