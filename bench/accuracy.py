@@ -5,11 +5,14 @@
     python bench/accuracy.py --candidates linear reference
     python bench/accuracy.py --candidates hybrid reference --cached-only   # papers already in the embedding cache
     python bench/accuracy.py --data ../shared/data/arxiv-train-large.jsonl.gz --sizes 58000,150000,374000 \
-        --candidates reference linear                  # the learning curve
+        --candidates sgd linear --baseline             # the learning curve, with the scalable reference
 
 ``--data FILE --sizes N,...`` trains every candidate on nested subsets of ``FILE`` (its papers ordered by a hash
 of their id, the first N: each subset keeps the file's label mix and holds the smaller ones), each fit in a
-child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone.
+child process of its own so that the table's peak RSS (``ru_maxrss``) is that fit's alone. ``--label-prior FILE``
+is passed to the trainer's candidates (the December 2026 curve used ``arxiv-train.jsonl.gz``, then the default);
+``--baseline`` also trains them on ``arxiv-train.jsonl.gz`` itself (58,199 papers), the figure the large file is
+measured against.
 
 Every candidate is trained on ``../shared/data/arxiv-train.jsonl.gz`` (the trainer's candidates also get the
 INSPIRE coreness file as ``--extra-train``, which holds out 20% of it by id) and scored on
@@ -33,6 +36,12 @@ scores with the int8 encoder.
 The reference (scikit-learn, used only here): TF-IDF of word 1-2-grams (sublinear tf, 300k features) and
 one-vs-rest logistic regression (C=10), threshold 0.2, top-1 fallback; its coreness head is a multinomial
 logistic regression on the same features and the same coreness labels as the trainer's candidates.
+
+The reference of the learning curve (``sgd-reference``, named in ``--candidates`` only; liblinear's one-vs-rest
+takes hours at 374k papers): the same TF-IDF and one-vs-rest SGD logistic regression (scikit-learn
+``SGDClassifier(loss="log_loss")``, one core, L2 strength ``alpha = 1 / (10 n)`` for n training papers, the
+objective of the liblinear reference's C=10), threshold 0.3, top-1 fallback (issue 22's quick check); its
+coreness head is the same SGD classifier.
 
 To add a candidate, append a :class:`Candidate` to :data:`CANDIDATES`: a name and a ``fit(train_file,
 inspire_file, workdir) -> Scorer`` function.
@@ -61,7 +70,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.inference.predictor import Predictor  # noqa: E402
-from models.records.files import open_text  # noqa: E402
+from models.records.files import count_lines, open_text  # noqa: E402
 from models.records.labels import CorenessProxy  # noqa: E402
 from models.records.schema import CORENESS_LABELS, Record  # noqa: E402
 from trainer.datasets.training_data import LoadReport, held_out, iter_records, load_records, parse_training_line  # noqa: E402
@@ -97,8 +106,11 @@ def trainer_candidate(arch: str, **options: object) -> Callable[[Path, Path | No
 
     def fit(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
         started = time.monotonic()
+        prior = TRAIN_OPTIONS.get("label_prior")
+        chosen = {**TRAIN_OPTIONS, **options} if prior and Path(prior).resolve() != train_file.resolve() \
+            else options  # a file is its own label prior: nothing to do
         path = train_model(train_file, arch=arch, output_dir=workdir / arch, progress=False, from_scratch=True,
-                           extra_train=[inspire_file] if inspire_file else (), **options)
+                           extra_train=[inspire_file] if inspire_file else (), **chosen)
         train_seconds = time.monotonic() - started
         started = time.monotonic()
         predictor = Predictor.from_checkpoint(path, device="cpu", batch_size=64, runtime=RUNTIME["runtime"])
@@ -148,8 +160,45 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
     return Scorer(predict, train_seconds)
 
 
+def sgd_reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
+    """The reference that scales (issue 22's quick check): TF-IDF (1-2-grams, sublinear, 300k) + one-vs-rest
+    SGD logistic regression (scikit-learn ``SGDClassifier(loss="log_loss")``, L2 ``alpha = 1 / (10 n)``: the
+    liblinear reference's C=10; the default 1e-4 held it at micro-F1 0.27 on 58k papers), threshold 0.3, top-1
+    fallback; coreness: the same SGD classifier on the same features. One core."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    started = time.monotonic()
+    records = load_records(train_file)
+    extra = held_out(load_records(inspire_file), INSPIRE_HELD_OUT)[0] if inspire_file else []
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=300_000, dtype=np.float32)
+    features = vectorizer.fit_transform([r.text for r in records + extra])
+    counts = Counter(c for r in records for c in r.categories)
+    binarizer = MultiLabelBinarizer(classes=sorted(c for c, n in counts.items() if n >= 5))
+    targets = binarizer.fit_transform([[c for c in r.categories if c in binarizer.classes] for r in records])
+    alpha = 1 / (10 * len(records))  # the L2 strength of the liblinear reference's C=10 (alpha = 1 / (C n))
+    categories = OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=alpha, random_state=0)).fit(
+        features[:len(records)], targets)
+    coreness = SGDClassifier(loss="log_loss", alpha=alpha, random_state=0).fit(
+        features, [r.coreness for r in records + extra])
+    train_seconds = time.monotonic() - started
+
+    def predict(batch: Sequence[Record]) -> tuple[list[list[str]], list[str]]:
+        x = vectorizer.transform([r.text for r in batch])
+        probs = categories.predict_proba(x)
+        chosen = probs >= 0.3
+        empty = ~chosen.any(1)
+        chosen[empty, probs[empty].argmax(1)] = True
+        return ([list(binarizer.classes_[row]) for row in chosen], list(coreness.predict(x)))
+
+    return Scorer(predict, train_seconds)
+
+
 CANDIDATES = [
     Candidate("reference (TF-IDF + LR, sklearn)", reference),
+    Candidate("sgd-reference (TF-IDF + SGD LR, sklearn)", sgd_reference, default=False),
     *(Candidate(f"{arch} (default)" if arch == DEFAULT_ARCH else arch, trainer_candidate(arch))
       for arch in ("linear", "bag")),
 ]
@@ -158,6 +207,7 @@ CANDIDATES = [
 HYBRID = Candidate("hybrid", trainer_candidate("hybrid"), default=False)
 CANDIDATES.append(HYBRID)
 RUNTIME = {"runtime": "torch"}  # --runtime: the trainer candidates' inference runtime
+TRAIN_OPTIONS: dict[str, object] = {}  # --label-prior: trainer options of every trainer candidate
 
 
 def f1_scores(truth: list[list[str]], predicted: list[list[str]], labels: Sequence[str]) -> tuple[float, float]:
@@ -277,7 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "Hugging Face directory or a trainer transformer checkpoint (a fine-tuned encoder)")
     parser.add_argument("--runtime", default="torch", choices=["torch", "int8"], help="inference runtime of the "
                         "trainer's candidates (int8: the hybrid's encoder quantised; default: %(default)s)")
+    parser.add_argument("--label-prior", help="the trainer candidates' --label-prior FILE (e.g. arxiv-train.jsonl.gz "
+                        "with the large file as --data; default: none, as the trainer's)")
+    parser.add_argument("--baseline", action="store_true", help="with --sizes: also the trainer candidates on "
+                        "arxiv-train.jsonl.gz (58,199 papers), the data the large file is measured against")
     args = parser.parse_args(argv)
+    representative = args.data_dir / "arxiv-train.jsonl.gz"
+    if args.label_prior:
+        TRAIN_OPTIONS["label_prior"] = Path(args.label_prior)
     if args.embedding_cache:
         os.environ["CORESTREAM_EMBEDDING_CACHE"] = str(args.embedding_cache)
     RUNTIME["runtime"] = args.runtime
@@ -291,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no arXiv data in {args.data_dir}: nothing to measure", file=sys.stderr)
         return 1
     inspire = inspire_file if inspire_file.exists() else None
-    chosen = [c for c in CANDIDATES if (any(c.name.startswith(p) for p in args.candidates) if args.candidates
-                                        else c.default)]
+    chosen = ([c for p in args.candidates for c in CANDIDATES if c.name.startswith(p)] if args.candidates
+              else [c for c in CANDIDATES if c.default])  # in the order named
     proxy = CorenessProxy.load()
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         work = Path(tmp)
@@ -321,11 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train {train_file.name}: {total} papers; sizes {sizes}; score {len(valid)} papers of "
               f"{valid_file.name}, {len(labels)} categories; real coreness: {len(real)} held-out INSPIRE records")
         rows = []
-        for size in sizes:
-            data = (train_file if size is None or size >= total
-                    else subset(train_file, size, work / f"train-{size}.jsonl.gz"))
-            for candidate in chosen:
-                print(f"training {candidate.name} on {size or total} papers ...", flush=True)
+        runs = [(train_file if size is None or size >= total
+                 else subset(train_file, size, work / f"train-{size}.jsonl.gz"), size, chosen) for size in sizes]
+        if args.baseline and args.sizes:
+            runs.insert(0, (representative, None, [c for c in chosen if c.fit is not sgd_reference
+                                                    and c.fit is not reference]))
+        for data, size, candidates in runs:
+            for candidate in candidates:
+                print(f"training {candidate.name} on {data.name} ({size or 'all'}) ...", flush=True)
                 if args.sizes:
                     predictions, train_s, load_s, rate, peak_gb, cpu_s = fit_in_child(
                         candidate, data, inspire, work, [valid, real] if real else [valid])
@@ -343,7 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     recall[label] = f"{np.mean([p == label for p in rows_of]):.3f} ({len(rows_of)})" if rows_of \
                         else "-"
                 empty = sum(1 for c in cats if not c)
-                rows.append((candidate.name, size or total, micro, macro, core_acc, recall, empty, train_s, cpu_s,
+                name = candidate.name + (f" on {data.name}" if data == representative != train_file else "")
+                papers = count_lines(data) if data == representative != train_file else size or total
+                rows.append((name, papers, micro, macro, core_acc, recall, empty, train_s, cpu_s,
                              load_s, rate, peak_gb))
                 print(table_row(rows[-1]), flush=True)  # each as it is done: a long run that fails keeps the others
     print()

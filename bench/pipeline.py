@@ -84,7 +84,7 @@ RECORDS_FILE = SHARED / "arxiv-valid-2018.jsonl.gz"
 def bench_model(arch: str, papers: int) -> str:
     """A checkpoint of ``arch`` trained on the ``papers`` most recent real papers (generated records without the
     shared data), trained once and cached."""
-    from streaming.apps.demo import recent_records
+    from trainer.datasets.training_data import load_records as training_records
     from trainer.training.train import train_model
 
     real = TRAIN_FILE.exists()
@@ -92,7 +92,8 @@ def bench_model(arch: str, papers: int) -> str:
     if (out / "config.json").exists():
         return str(out)
     print(f"training a {arch} model on {papers} {'real papers' if real else 'generated records'} -> {out}")
-    data = recent_records(TRAIN_FILE, papers) if real else None
+    data = sorted(training_records(TRAIN_FILE), key=lambda r: (getattr(r, "date", None) or "", r.id))[-papers:] \
+        if real else None
     train_model(data, arch=arch, output_dir=out, from_scratch=True, sample_count=papers, name=f"bench-{arch}",
                 progress=False)
     return str(out)

@@ -33,9 +33,9 @@ def test_every_architecture_has_a_model_class_and_a_trainer() -> None:
     for name in base.ARCHS:
         cls = architecture(name)
         assert cls.arch == name and all(callable(getattr(cls, member, None)) for member in CLASSIFIER_MEMBERS), name
-        trainer = training_config.arch_trainer(name)
-        assert trainer.arch == name and isinstance(trainer.defaults, ArchDefaults)
-        assert callable(trainer.train)
+        registered = training_config.arch_trainer(name)
+        assert registered.arch == name and isinstance(registered.defaults, ArchDefaults)
+        assert callable(registered.train)
 
 
 @pytest.mark.parametrize("arch", ["bag", "linear"])

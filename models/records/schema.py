@@ -52,6 +52,7 @@ MAX_ID_BYTES = 512  # Elasticsearch's limit for a document _id
 # Refused in ids: C0 and C1 control characters, DEL, the line and paragraph separators, lone surrogates.
 _ID_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_OTHER_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace() and c != 32)  # \t\n\v\f\r, \x1c-\x1f
 
 
 class RecordError(ValueError):
@@ -269,7 +270,22 @@ def _text(value: Any, field: str) -> str:
         raise _invalid(f"field '{field}' must be a string, got {_json_type(value)}")
     if "\x00" in value:
         raise _invalid(f"field '{field}' contains NUL characters (binary data, not text)")
+    if _single_spaced(value):
+        return _valid_unicode(value)
     return " ".join(_valid_unicode(value).split())
+
+
+def _single_spaced(value: str) -> bool:
+    """Whether ``value`` is already whitespace-normalised: no leading or trailing space, no two in a row, no other
+    whitespace. Two C scans instead of splitting into words and joining them again (for an abstract ~7 against
+    ~11 us, measured with ``isprintable`` on a loaded host): ASCII text is searched as bytes for the other ASCII
+    whitespace, other text by ``isprintable`` (every whitespace character but the ASCII space is unprintable)."""
+    if value[:1] == " " or value[-1:] == " " or "  " in value:
+        return False
+    if value.isascii():
+        raw = value.encode("ascii")
+        return len(raw.translate(None, _OTHER_ASCII_WHITESPACE)) == len(raw)
+    return value.isprintable()
 
 
 def _string_list(value: Any, field: str) -> list[str]:

@@ -5,7 +5,9 @@ Names are the contract with the Grafana dashboard in ``config/grafana``; change 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -108,3 +110,18 @@ def count_by_label(metric: Counter, counts: Mapping[str, int]) -> None:
         if child is None:
             child = _children[(id(metric), value)] = metric.labels(value)
         child.inc(count)
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe`` for each of ``amounts`` (e.g. a sink write's end-to-end latencies): the same buckets and
+    sum, with one increment per bucket used instead of a Python-level ``observe`` per value (~2 us each). A
+    histogram without the client's usual fields (another client version) is observed value by value."""
+    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    if amounts:
+        total.inc(sum(amounts))
+        for index, count in Tally(bisect_left(bounds, amount) for amount in amounts).items():
+            buckets[index].inc(count)  # the first bucket whose bound is >= amount, as observe() picks it

@@ -37,7 +37,7 @@ class Committer:
     where the answer must be known before the partitions go. It also keeps the time since which consumed work has
     waited with no commit (``/healthz`` and ``corestream_stalled_since_seconds``)."""
 
-    def __init__(self, ownership: Ownership, done: queue.Queue[Batch | None]) -> None:
+    def __init__(self, ownership: Ownership, done: queue.Queue[Batch | None] | queue.SimpleQueue[Batch | None]) -> None:
         self.ownership = ownership
         self.positions = CommitPositions(ownership)
         self.commits = 0
@@ -54,10 +54,9 @@ class Committer:
         do). Returns how many batches were done."""
         done = 0
         while True:
-            try:
-                batch = self._done.get_nowait()
-            except queue.Empty:
+            if self._done.empty():  # this thread is the only reader: a queue that is not empty has a batch
                 return done
+            batch = self._done.get_nowait()
             if batch is None:
                 continue
             done += 1

@@ -61,16 +61,23 @@ def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str]
 
 @dataclass
 class Batch:
-    """A micro-batch; ``positions`` is what committing it means: ``{tp: (next_offset, epoch)}``."""
+    """A micro-batch; ``positions`` is what committing it means: ``{tp: (next_offset, epoch)}``; ``assignments``:
+    the ``(tp, epoch)`` pairs its records were read under (items may later be dropped, never added)."""
 
     seq: int
     items: list[Envelope]
     tokens: int = field(init=False)
     positions: dict[TopicPartition, tuple[int, int]] = field(init=False)
+    assignments: set[tuple[TopicPartition, int]] = field(init=False)
     abandoned: bool = False
 
     def __post_init__(self) -> None:
-        self.tokens = sum(env.tokens for env in self.items)
-        self.positions = {}
+        tokens = 0
+        positions: dict[TopicPartition, tuple[int, int]] = {}
+        assignments: set[tuple[TopicPartition, int]] = set()
         for env in self.items:
-            self.positions[env.tp] = (max(env.offset + 1, self.positions.get(env.tp, (0, 0))[0]), env.epoch)
+            tp = env.topic, env.partition
+            tokens += env.tokens
+            positions[tp] = (max(env.offset + 1, positions.get(tp, (0, 0))[0]), env.epoch)
+            assignments.add((tp, env.epoch))
+        self.tokens, self.positions, self.assignments = tokens, positions, assignments

@@ -88,7 +88,7 @@ class StreamProcessor:
         self._consumer: Consumer | None = None
         self._infer_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
         self._sink_q: queue.Queue[Batch | None] = queue.Queue(batch.queue_depth)
-        self._done_q: queue.Queue[Batch | None] = queue.Queue()
+        self._done_q: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # unbounded; C, no Python-level lock
         self.committer = Committer(self.ownership, self._done_q)
         self.backpressure = Backpressure(batch.queue_depth, settings.kafka.max_poll_interval_ms)
         self._ready: deque[Batch] = deque()  # closed batches waiting for room in the inference queue

@@ -29,6 +29,7 @@ from streaming.observability.metrics import (
     RECORDS_DEAD_LETTERED,
     SINK_ERRORS,
     count_by_label,
+    observe_many,
 )
 from streaming.pipeline import heap
 from streaming.pipeline.dead_letters import DeadLetterError, DeadLetterWriter
@@ -54,7 +55,7 @@ class StageStopped(Exception):
 class Stage(threading.Thread):
     """A pipeline thread: takes items from ``inbox`` until ``None``, hands results to ``outbox``."""
 
-    def __init__(self, name: str, inbox: queue.Queue, outbox: queue.Queue, abort: threading.Event,
+    def __init__(self, name: str, inbox: queue.Queue, outbox: queue.Queue | queue.SimpleQueue, abort: threading.Event,
                  on_crash: Callable[[BaseException], None], on_progress: Callable[[], None]) -> None:
         super().__init__(name=name, daemon=True)
         self.inbox, self.outbox, self.abort = inbox, outbox, abort
@@ -90,7 +91,7 @@ class Stage(threading.Thread):
             except queue.Empty:
                 continue
 
-    def put(self, target: queue.Queue, item: object) -> None:
+    def put(self, target: queue.Queue | queue.SimpleQueue, item: object) -> None:
         """Blocking put that still notices an abort."""
         while True:
             if self.abort.is_set():
@@ -112,7 +113,9 @@ class InferenceStage(Stage):
         self._predictor: object = None
 
     def handle(self, batch: Batch) -> None:
-        batch.items = [env for env in batch.items if self.ownership.owns(env.tp, env.epoch)]
+        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}  # per batch, not per record
+        if gone:
+            batch.items = [env for env in batch.items if (env.tp, env.epoch) not in gone]
         todo = [env for env in batch.items if env.to_classify]
         if not todo:
             return
@@ -132,7 +135,8 @@ class InferenceStage(Stage):
                     result.record_version = env.record.version  # the sinks' guard against stale versions
                 env.result = result
                 coreness[result.coreness.label] += 1
-                categories.update(category.label for category in result.categories)
+                for category in result.categories:
+                    categories[category.label] += 1
             else:
                 env.rejection = result
         count_by_label(PREDICTIONS_CORENESS, coreness)  # one metric update per label and batch, not per record
@@ -344,9 +348,8 @@ class SinkStage(Stage):
                    if env.result is not None and env.result.id not in failures and env.result.id not in lost]
         RECORDS_CLASSIFIED.inc(len(written))
         now = time.time()
-        for env in written:
-            if env.timestamp_s is not None:
-                END_TO_END_SECONDS.observe(max(0.0, now - env.timestamp_s))
+        observe_many(END_TO_END_SECONDS, [max(0.0, now - env.timestamp_s) for env in written
+                                          if env.timestamp_s is not None])
         return len(written), dead_lettered
 
     def _write_stores(self, batch: Batch, results: list[ClassificationResult], failures: dict[str, str],
@@ -399,7 +402,7 @@ class SinkStage(Stage):
         """``todo`` less the results read under an assignment that has ended (revoked, or revoked and assigned
         again since), noted in ``lost``: no attempt starts for them, so a revoked member's late write cannot land
         after the new owner's."""
-        gone = {pair for pair in {(env.tp, env.epoch) for env in batch.items} if not self.ownership.owns(*pair)}
+        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}
         if not gone:
             return todo
         latest = {env.result.id: env for env in batch.items if env.result is not None}  # whose result is written

@@ -90,7 +90,7 @@ def ensure_index(client: Elasticsearch, index: str) -> bool:
 
 # Of each bulk item only what the sink reads (~25 bytes instead of ~170 to send and parse); items stay in order.
 BULK_RESPONSE_FIELDS = "items.*.status,items.*.error"
-UpdateAction = tuple[dict[str, Any], bytes]  # (bulk header, body): already expanded and serialised
+UpdateAction = tuple[str, bytes]  # (document id, its two NDJSON lines: bulk header and body), serialised once
 
 # Sets ``classification`` unless the document holds a newer version of the record (then a no-op, status 200).
 # Equal versions overwrite (the same version classified again, e.g. by a new model).
@@ -109,17 +109,18 @@ class BulkAnswerMismatch(RuntimeError):
 def update_action(index: str, result: ClassificationResult) -> UpdateAction:
     """Bulk action: set ``classification`` on the record's document, creating it if needed; guarded by
     :data:`VERSION_GUARD` when the result carries its record's version. The body embeds the result's JSON as every
-    sink sends it (:attr:`ClassificationResult.json_bytes`, serialised once)."""
-    header = {"update": {"_index": index, "_id": result.id,
-                         # another writer updated the document meanwhile: Elasticsearch re-applies ours
-                         "retry_on_conflict": 3}}
+    sink sends it (:attr:`ClassificationResult.json_bytes`, serialised once); the request body is these lines
+    joined (no per-line serialiser call)."""
+    # retry_on_conflict: another writer updated the document meanwhile, Elasticsearch re-applies ours
+    header = b'{"update":{"_index":%s,"_id":%s,"retry_on_conflict":3}}\n' % (orjson.dumps(index),
+                                                                             orjson.dumps(result.id))
     if result.record_version is not None:
-        return header, _GUARDED % result.json_bytes
-    return header, b'{"doc":{"classification":%s},"doc_as_upsert":true}' % result.json_bytes
+        return result.id, header + _GUARDED % result.json_bytes + b"\n"
+    return result.id, header + b'{"doc":{"classification":%s},"doc_as_upsert":true}\n' % result.json_bytes
 
 
 def _action_id(action: UpdateAction) -> str:
-    return action[0]["update"]["_id"]
+    return action[0]
 
 
 def _item_error(info: dict[str, Any]) -> str:
@@ -207,11 +208,9 @@ class ElasticsearchSink:
         retry: list[UpdateAction] = []
         permanent: list[SinkFailure] = []
         last_error = ""
-        lines: list[bytes] = []
-        for header, body in actions:
-            lines += (orjson.dumps(header), body)
+        body = b"".join(lines for _, lines in actions)
         with ES_BULK_SECONDS.time():
-            items = self.client.bulk(operations=lines, filter_path=BULK_RESPONSE_FIELDS).body.get("items", [])
+            items = self.client.bulk(operations=body, filter_path=BULK_RESPONSE_FIELDS).body.get("items", [])
         if len(items) != len(actions):
             SINK_ERRORS.labels(sink=self.name, kind="answer_mismatch").inc()
             raise BulkAnswerMismatch(f"Elasticsearch answered {len(items)} items to a bulk request of "

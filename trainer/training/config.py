@@ -113,6 +113,16 @@ class TrainConfig:
     recency_half_life: float | None = option(None, "years: a paper's category loss weighs half as much per this "
                                              "many years before the most recent one; 0 = all equal (linear and "
                                              "hybrid: 4, bag and transformer: 0)", metavar="YEARS")
+    label_prior: str | Path | None = option(None, "records whose category mix new submissions follow (e.g. the "
+                                            "representative arxiv-train inside arxiv-train-large): thresholds and "
+                                            "calibration are tuned on the validation records that are in it, and "
+                                            "papers are weighted by --label-prior-power "
+                                            "(trainer/training/label_prior.py)",
+                                            metavar="FILE")
+    label_prior_power: float = option(0.0, "with --label-prior: category-loss weight (target / training share of "
+                                      "the paper's primary category) ** P; 0 = none (thresholds only: chosen on "
+                                      "the time-later slice), 1 = full importance weights (default: %(default)s)",
+                                      metavar="P")
     sample_count: int | None = option(None, "use at most this many records", metavar="N")
     valid_fraction: float = option(0.1, "validation share: the most recent records (default: %(default)s)",
                                    metavar="F")
@@ -148,9 +158,9 @@ class TrainConfig:
         learning_rate = self.learning_rate or defaults.learning_rate
         half_life = defaults.recency_half_life if self.recency_half_life is None else self.recency_half_life
         if (epochs < 0 or batch_size < 1 or learning_rate <= 0 or self.focal_gamma < 0
-                or self.coreness_weight_power < 0 or half_life < 0):
+                or self.coreness_weight_power < 0 or half_life < 0 or self.label_prior_power < 0):
             raise TrainingError("epochs must be >= 0, batch size >= 1, learning rate > 0, focal gamma >= 0, "
-                                "coreness weight power >= 0 and recency half-life >= 0")
+                                "coreness weight power >= 0, recency half-life >= 0 and label prior power >= 0")
         if self.split not in SPLITS:
             raise TrainingError(f"split must be 'time' or 'random', got {self.split!r}")
         return replace(self, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

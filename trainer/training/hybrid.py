@@ -181,6 +181,9 @@ class HybridTrainer:
     defaults = ArchDefaults(epochs=8, batch_size=64, learning_rate=4.0, recency_half_life=4.0)  # heads: SGD, as linear
 
     def train(self, data: TrainingData, config: TrainConfig, arch_params: dict[str, Any]) -> Path:
+        if config.label_prior:
+            raise TrainingError("--label-prior is not implemented for arch hybrid (its heads train in "
+                                "trainer/training/hybrid.py)")
         return train_model_hybrid(data, config, **arch_params)
 
 

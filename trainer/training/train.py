@@ -55,6 +55,7 @@ from trainer.evaluation.card import model_card
 from trainer.evaluation.held_out import coreness_summary, evaluate_split
 from trainer.training.config import ArchDefaults, TrainConfig, TrainingData, TrainingError
 from trainer.training.heads import FitResult, coreness_class_weights, init_head_biases
+from trainer.training.label_prior import load_label_prior
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,14 @@ def batch_source(model: torch.nn.Module, records: Sequence[Record], progress: bo
     return lambda index: model.encode([texts[i] for i in index.tolist()])
 
 
+def prior_weights(records: Sequence[Record], opts: TrainConfig) -> np.ndarray:
+    """Category-loss weights toward ``--label-prior``'s mix (all ones without it): see
+    :mod:`trainer.training.label_prior`."""
+    if not opts.label_prior:
+        return np.ones(len(records), dtype=np.float32)
+    return load_label_prior(str(opts.label_prior)).weights(records, opts.label_prior_power)
+
+
 def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequence[Record], labels: Sequence[str],
         opts: TrainConfig, *, fresh: bool, trainer: StandardTrainer) -> FitResult:
     """Run ``opts.epochs`` epochs over ``records`` (both heads) and ``extra_records`` (real coreness labels: the
@@ -107,8 +116,8 @@ def fit(model: torch.nn.Module, records: Sequence[Record], extra_records: Sequen
     y_cats = torch.from_numpy(category_targets(every, labels, np.uint8))  # 0/1 bytes: a quarter of float32
     known = torch.from_numpy(known_categories(every, labels, np.uint8))
     cat_mask = torch.cat([torch.ones(len(records)), torch.zeros(len(extra_records))])
-    recency = torch.cat([torch.from_numpy(recency_weights(records, opts.recency_half_life)),
-                         torch.ones(len(extra_records))])
+    recency = torch.cat([torch.from_numpy(recency_weights(records, opts.recency_half_life)
+                                          * prior_weights(records, opts)), torch.ones(len(extra_records))])
     core_weight = coreness_class_weights(y_core, opts.coreness_weight_power).to(opts.device)
     if fresh:
         init_head_biases(model, y_core, y_cats[: len(records)].float(), known[: len(records)].float())
@@ -307,8 +316,10 @@ def train_standard(trainer: StandardTrainer, data: TrainingData, config: TrainCo
 
     score_batch = max(opts.batch_size, 64)
     calibration = IDENTITY
+    tuning_records = load_label_prior(str(opts.label_prior)).tuning_slice(valid_records) if opts.label_prior \
+        else valid_records
     if valid_records:  # calibration fitted and thresholds tuned on the held-out slice, before any refit
-        valid_summary, thresholds, calibration = evaluate_split(model, valid_records, labels, device=opts.device,
+        valid_summary, thresholds, calibration = evaluate_split(model, tuning_records, labels, device=opts.device,
                                                                 batch_size=score_batch,
                                                                 at_least_one=opts.at_least_one_category)
     else:
@@ -333,7 +344,7 @@ def train_standard(trainer: StandardTrainer, data: TrainingData, config: TrainCo
         "coreness_labels": list(CORENESS_LABELS),
         "category_labels": labels,
         "thresholds": thresholds,
-        "calibration": calibration_config(calibration, valid_records, opts.split),
+        "calibration": calibration_config(calibration, tuning_records, opts.split),
         "at_least_one_category": opts.at_least_one_category,
         "metrics": metrics,
         "data_fingerprint": fingerprint(records + extra_train_records),
@@ -344,6 +355,9 @@ def train_standard(trainer: StandardTrainer, data: TrainingData, config: TrainCo
             "resumed": resumed, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
             "focal_gamma": opts.focal_gamma,
             "recency_half_life": opts.recency_half_life, "seed": opts.seed, "valid_fraction": opts.valid_fraction,
+            "label_prior": str(opts.label_prior) if opts.label_prior else None,
+            "label_prior_power": opts.label_prior_power if opts.label_prior else None,
+            "threshold_records": len(tuning_records),
             "split": opts.split,
             "coreness_weight_power": opts.coreness_weight_power, "coreness_class_weights": fitted.coreness_weight,
             "min_category_count": opts.min_category_count, "train_records": len(train_records),
