@@ -69,16 +69,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.labels import CorenessProxy  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from models.record_files import count_lines, open_text  # noqa: E402
-from models.records import CORENESS_LABELS, Record  # noqa: E402
-from trainer.train import train_model  # noqa: E402
-from trainer.train_config import DEFAULT_ARCH  # noqa: E402
-from trainer.training_data import LoadReport, held_out, iter_records, load_records, parse_training_line  # noqa: E402
+from models.inference.predictor import Predictor  # noqa: E402
+from models.records.files import count_lines, open_text  # noqa: E402
+from models.records.labels import CorenessProxy  # noqa: E402
+from models.records.schema import CORENESS_LABELS, Record  # noqa: E402
+from trainer.datasets.training_data import LoadReport, held_out, iter_records, load_records, parse_training_line  # noqa: E402
+from trainer.training.config import DEFAULT_ARCH  # noqa: E402
+from trainer.training.train import train_model  # noqa: E402
 
 if TYPE_CHECKING:
-    from models.hybrid import FrozenEncoder
+    from models.archs.hybrid import FrozenEncoder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_TRAIN_PAPERS, MAX_LABELS = 20, 150
@@ -102,7 +102,7 @@ class Candidate:
 
 
 def trainer_candidate(arch: str, **options: object) -> Callable[[Path, Path | None, Path], Scorer]:
-    """A candidate trained by ``trainer.train.train_model`` with its defaults (plus ``options``)."""
+    """A candidate trained by ``trainer.training.train.train_model`` with its defaults (plus ``options``)."""
 
     def fit(train_file: Path, inspire_file: Path | None, workdir: Path) -> Scorer:
         started = time.monotonic()
@@ -295,7 +295,7 @@ def recent(path: Path, limit: int, out: Path) -> Path:
 def cached_only(path: Path, out: Path, cache_path: Path, encoders: Sequence[FrozenEncoder]) -> Path:
     """The lines of ``path`` whose record text has a cached hybrid embedding from each of ``encoders``, in
     ``out``."""
-    from models.embedding_cache import EmbeddingCache, text_key
+    from models.archs.embedding_cache import EmbeddingCache, text_key
 
     with open_text(path) as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
@@ -356,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit:
             train_file = recent(train_file, args.limit, work / "train.jsonl.gz")
         if args.cached_only:
-            from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder
-            from trainer.train_hybrid import base_encoder, default_base_model, default_cache_path
+            from models.archs.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder
+            from trainer.training.hybrid import base_encoder, default_base_model, default_cache_path
 
             bases = [default_base_model(), *([args.hybrid_base_model] if args.hybrid_base_model else [])]
             encoders = [FrozenEncoder(*base_encoder(base), DEFAULT_MAX_SEQ_LENGTH) for base in bases]  # loaded once

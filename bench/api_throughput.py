@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import free_port, wait_for_http  # noqa: E402
-from trainer.sample import generate_sample  # noqa: E402
+from trainer.datasets.sample import generate_sample  # noqa: E402
 
 
 async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float]]:
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     model = args.model
     if model is None:
-        from trainer.train import train_model
+        from trainer.training.train import train_model
 
         model = str(train_model(None, arch="bag", output_dir=Path(tempfile.mkdtemp()) / "model", sample_count=2000,
                                 epochs=2, progress=False, device="cpu"))

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import load_settings  # noqa: E402
-from models.model_source import ModelSource  # noqa: E402
-from models.record_files import numbered_lines  # noqa: E402
+from models.inference.source import ModelSource  # noqa: E402
+from models.records.files import numbered_lines  # noqa: E402
 from streaming.pipeline.batcher import MicroBatcher  # noqa: E402
 from streaming.pipeline.envelope import Envelope, decode  # noqa: E402
 
@@ -31,7 +31,7 @@ from streaming.pipeline.envelope import Envelope, decode  # noqa: E402
 def message_values(data: str | None, count: int) -> list[bytes]:
     """Kafka message values as the producer writes them: one JSON record each."""
     if data is None:
-        from trainer.sample import generate_sample
+        from trainer.datasets.sample import generate_sample
 
         return [json.dumps(r).encode() for r in generate_sample(count, seed=1)]
     values = []

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder  # noqa: E402
-from models.record_files import open_text  # noqa: E402
-from models.records import RecordError  # noqa: E402
-from trainer.train_hybrid import base_encoder, cached_embeddings, default_base_model  # noqa: E402
-from trainer.training_data import parse_training_line  # noqa: E402
+from models.archs.hybrid import DEFAULT_MAX_SEQ_LENGTH, FrozenEncoder  # noqa: E402
+from models.records.files import open_text  # noqa: E402
+from models.records.schema import RecordError  # noqa: E402
+from trainer.datasets.training_data import parse_training_line  # noqa: E402
+from trainer.training.hybrid import base_encoder, cached_embeddings, default_base_model  # noqa: E402
 
 
 def texts_of(path: Path, by_crc: bool) -> list[str]:

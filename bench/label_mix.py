@@ -26,12 +26,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.accuracy import MAX_LABELS, MIN_TRAIN_PAPERS, SHARED, f1_scores  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.labels import CorenessProxy  # noqa: E402
-from models.predictor import score_logits  # noqa: E402
-from trainer.thresholds import apply_thresholds, tune_thresholds  # noqa: E402
-from trainer.train import category_targets, train_model  # noqa: E402
-from trainer.training_data import load_records, time_split  # noqa: E402
+from models.archs.checkpoint import load_checkpoint  # noqa: E402
+from models.inference.predictor import score_logits  # noqa: E402
+from models.records.labels import CorenessProxy  # noqa: E402
+from trainer.datasets.training_data import (  # noqa: E402
+    category_targets,  # noqa: E402
+    load_records,
+    time_split,
+)
+from trainer.evaluation.thresholds import apply_thresholds, tune_thresholds  # noqa: E402
+from trainer.training.train import train_model
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

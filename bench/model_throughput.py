@@ -34,16 +34,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.bag import BagClassifier  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
-from models.hybrid import HybridClassifier  # noqa: E402
-from models.linear import LinearClassifier  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from models.records import CORENESS_LABELS, Record, parse_record  # noqa: E402
-from models.sparse_features import fit_vocabulary  # noqa: E402
-from models.transformer import TransformerClassifier  # noqa: E402
-from trainer.sample import generate_sample  # noqa: E402
-from trainer.training_data import load_records  # noqa: E402
+from models.archs.bag import BagClassifier  # noqa: E402
+from models.archs.checkpoint import save_checkpoint  # noqa: E402
+from models.archs.hybrid import HybridClassifier  # noqa: E402
+from models.archs.linear import LinearClassifier  # noqa: E402
+from models.archs.sparse_features import fit_vocabulary  # noqa: E402
+from models.archs.transformer import TransformerClassifier  # noqa: E402
+from models.inference.predictor import Predictor  # noqa: E402
+from models.records.schema import CORENESS_LABELS, Record, parse_record  # noqa: E402
+from trainer.datasets.sample import generate_sample  # noqa: E402
+from trainer.datasets.training_data import load_records  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv-valid-2018.jsonl.gz"
 SHARED_TRAIN = SHARED.with_name("arxiv-train.jsonl.gz")

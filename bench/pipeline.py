@@ -62,10 +62,10 @@ sys.path.insert(0, str(ROOT))
 from config.clients import es_client, make_consumer, make_producer  # noqa: E402
 from config.logging import setup_logging  # noqa: E402
 from config.settings import Settings, load_settings  # noqa: E402
-from models.model_source import ModelSource  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from models.record_files import open_text  # noqa: E402
-from models.records import ClassificationResult, Record, parse_record  # noqa: E402
+from models.inference.predictor import Predictor  # noqa: E402
+from models.inference.source import ModelSource  # noqa: E402
+from models.records.files import open_text  # noqa: E402
+from models.records.schema import ClassificationResult, Record, parse_record  # noqa: E402
 from streaming.apps.embedded import EmbeddedBroker  # noqa: E402
 from streaming.kafka import create_topics  # noqa: E402
 from streaming.observability.metrics import MODEL_METRICS, REGISTRY  # noqa: E402
@@ -84,8 +84,8 @@ RECORDS_FILE = SHARED / "arxiv-valid-2018.jsonl.gz"
 def bench_model(arch: str, papers: int) -> str:
     """A checkpoint of ``arch`` trained on the ``papers`` most recent real papers (generated records without the
     shared data), trained once and cached."""
-    from trainer.train import train_model
-    from trainer.training_data import load_records as training_records
+    from trainer.datasets.training_data import load_records as training_records
+    from trainer.training.train import train_model
 
     real = TRAIN_FILE.exists()
     out = ROOT / "artifacts" / "bench-models" / f"{arch}-{papers if real else 'sample'}"
@@ -101,7 +101,7 @@ def bench_model(arch: str, papers: int) -> str:
 
 def load_records(data: str | None, count: int, seed: int) -> list[Record]:
     if data is None:
-        from trainer.sample import generate_sample
+        from trainer.datasets.sample import generate_sample
 
         return [parse_record(r) for r in generate_sample(count, seed=seed)]
     records = []
@@ -545,7 +545,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     base = load_settings()
     if args.model is None:
-        from trainer.train_config import DEFAULT_ARCH
+        from trainer.training.config import DEFAULT_ARCH
 
         args.model = bench_model(args.arch or DEFAULT_ARCH, args.train_papers)
     data = args.data or (str(RECORDS_FILE) if RECORDS_FILE.exists() else None)

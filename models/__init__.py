@@ -1,1 +1,1 @@
-"""Model architectures, checkpoints, and the batch predictor."""
+"""Models by concern: records (schema, intake), archs (architectures, checkpoints), registry (S3), inference."""

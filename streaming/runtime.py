@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from config.clients import make_producer
 from config.settings import Settings
-from models.model_source import ModelSource
+from models.inference.source import ModelSource
 from streaming.observability.health import HealthServer, Probe
 from streaming.observability.metrics import MODEL_METRICS
 from streaming.pipeline.dead_letters import DeadLetterWriter
@@ -55,7 +55,7 @@ class Runtime:
         self._closed = threading.Event()
 
     def open(self, *, load_model: bool = True) -> Runtime:
-        """Build the clients; raises :class:`models.model_source.ModelLoadError` (bad model) or ``ValueError``
+        """Build the clients; raises :class:`models.inference.source.ModelLoadError` (bad model) or ``ValueError``
         (no sink configured), having closed whatever it built."""
         try:
             if load_model:

@@ -31,8 +31,8 @@ PARTITIONS = 3
 @functools.lru_cache(maxsize=1)
 def tiny_model_dir() -> Path:
     """A small bag-of-words model trained once per test process on the generated sample."""
-    from trainer.sample import generate_sample
-    from trainer.train import train_model
+    from trainer.datasets.sample import generate_sample
+    from trainer.training.train import train_model
 
     out = Path(tempfile.mkdtemp(prefix="corestream-tiny-model-")) / "model"
     return Path(train_model(generate_sample(600, seed=1), arch="bag", output_dir=out, epochs=2, progress=False,
@@ -118,7 +118,7 @@ def record_messages(records: Iterable[dict]) -> list[tuple[bytes, bytes]]:
 
 def sample_records(n: int, prefix: str = "rec", seed: int = 7) -> list[dict]:
     """``n`` generated records with unique ids ``{prefix}-{i}``."""
-    from trainer.sample import generate_sample
+    from trainer.datasets.sample import generate_sample
 
     return [{**record, "id": f"{prefix}-{i}"} for i, record in enumerate(generate_sample(n, seed=seed))]
 

@@ -13,19 +13,17 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.labels import CorenessProxy
-from models.linear import LinearClassifier
-from models.losses import classification_loss
-from models.predictor import Predictor
-from models.records import Record
-from trainer.evaluate import evaluate_model
-from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds
-from trainer.train import category_targets, to_records, train_model
-from trainer.training_data import (
+from models.archs.checkpoint import CheckpointError, load_checkpoint
+from models.archs.linear import LinearClassifier
+from models.archs.losses import classification_loss
+from models.inference.predictor import Predictor
+from models.records.labels import CorenessProxy
+from models.records.schema import Record
+from trainer.datasets.sample import generate_sample
+from trainer.datasets.training_data import (
     DatedRecord,
     bare_archives,
+    category_targets,
     category_vocabulary,
     decimal_year,
     held_out,
@@ -34,7 +32,11 @@ from trainer.training_data import (
     parse_training_line,
     recency_weights,
     time_split,
+    to_records,
 )
+from trainer.evaluation.evaluate import evaluate_model
+from trainer.evaluation.thresholds import apply_thresholds
+from trainer.training.train import train_model
 
 
 def _dated_sample(n: int, seed: int = 0) -> list[dict]:
@@ -135,7 +137,7 @@ def test_real_coreness_labels_train_the_coreness_head(tmp_path: Path, shared_dat
 
     # Their categories do not train the category head: a masked record adds only its coreness loss.
     logits = torch.zeros(2, 3), torch.zeros(2, 4)
-    from models.base import ClassifierOutput
+    from models.archs.base import ClassifierOutput
     output = ClassifierOutput(*logits)
     core, cats = torch.tensor([0, 1]), torch.ones(2, 4)
     masked = classification_loss(output, core, cats, category_mask=torch.tensor([1.0, 0.0]))
@@ -259,7 +261,7 @@ def test_bare_archive_labels_leave_its_subject_classes_unknown(tmp_path: Path) -
     assert unknown == {"astro-ph.CO", "astro-ph.GA"}
     assert known[1:].all()  # a paper with a subject class of its own: every label is known
     # Unknown entries add no loss.
-    from models.base import ClassifierOutput
+    from models.archs.base import ClassifierOutput
     output = ClassifierOutput(torch.zeros(1, 3), torch.tensor([[5.0, -5.0]]))
     loss = classification_loss(output, torch.tensor([0]), torch.zeros(1, 2), category_known=torch.tensor([[0.0, 1.0]]))
     assert loss.item() == pytest.approx(np.log(3) + float(torch.nn.functional.softplus(torch.tensor(-5.0))))

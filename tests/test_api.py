@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from config.settings import Settings
-from models.records import Record
+from models.records.schema import Record
 from streaming.apps.api import create_app
 from tests.servers import corestream_serve
-from trainer.train import train_model
+from trainer.training.train import train_model
 
 FLAT = {"id": "a1", "title": "Higgs boson couplings at the LHC", "abstract": "We measure couplings of the Higgs."}
 INSPIRE = {

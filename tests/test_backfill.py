@@ -17,10 +17,10 @@ import boto3
 import pytest
 
 from config.settings import Settings
-from models.record_files import bounded_lines, count_lines
-from models.registry import ModelRegistry
+from models.records.files import bounded_lines, count_lines
+from models.registry.store import ModelRegistry
 from tests import test_registry
-from trainer.sample import write_sample
+from trainer.datasets.sample import write_sample
 
 # The registry tests' fixtures: a fresh moto bucket wired into CORESTREAM_*, and tiny trained checkpoints.
 registry_env = test_registry.registry_env

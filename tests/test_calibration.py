@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from models.calibration import DEFAULT_FLOOR, IDENTITY, Calibration
-from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
-from models.labels import CorenessProxy
-from models.predictor import Predictor, score_logits
-from models.records import CORENESS_LABELS
+from models.archs.calibration import DEFAULT_FLOOR, IDENTITY, Calibration
+from models.archs.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
+from models.inference.predictor import Predictor, score_logits
+from models.records.labels import CorenessProxy
+from models.records.schema import CORENESS_LABELS
 from tests.test_accuracy import _dated_sample, real_or_sample_split
-from trainer.calibration import fit_calibration, sigmoid_temperature, softmax_temperature
-from trainer.evaluate import evaluate_model
-from trainer.metrics import category_calibration, coreness_calibration, expected_calibration_error
-from trainer.thresholds import apply_thresholds, calibrated_grid, tune_thresholds
-from trainer.train import category_targets, to_records, train_model
-from trainer.training_data import time_split
+from trainer.datasets.training_data import category_targets, time_split, to_records
+from trainer.evaluation.calibration import fit_calibration, sigmoid_temperature, softmax_temperature
+from trainer.evaluation.evaluate import evaluate_model
+from trainer.evaluation.metrics import category_calibration, coreness_calibration, expected_calibration_error
+from trainer.evaluation.thresholds import apply_thresholds, calibrated_grid, tune_thresholds
+from trainer.training.train import train_model
 
 
 def test_fitted_temperature_undoes_over_confident_logits() -> None:

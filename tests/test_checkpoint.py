@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
-from models.labels import CorenessProxy
-from models.predictor import Predictor
-from trainer.sample import generate_sample
-from trainer.train import to_records, train_model
+from models.archs.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, save_checkpoint
+from models.inference.predictor import Predictor
+from models.records.labels import CorenessProxy
+from trainer.datasets.sample import generate_sample
+from trainer.datasets.training_data import to_records
+from trainer.training.train import train_model
 
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ opcode
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container

@@ -23,9 +23,9 @@ from elasticsearch import Elasticsearch, helpers
 
 from config.cli import build_parser, run_cli
 from config.settings import load_settings
-from models.records import parse_record
+from models.records.schema import parse_record
 from tests.servers import free_port
-from trainer.dataset import build_from_es, connect, month_range
+from trainer.datasets.build import build_from_es, connect, month_range
 
 INDEX = "records-hep-test"
 N_RECORDS = 400
@@ -91,7 +91,7 @@ def expected_ids(gte: str, lt: str) -> list[str]:
 
 
 def cli(argv: list[str]) -> int:
-    return run_cli(build_parser("corestream-train", "test", ["trainer.dataset_cli"]), argv)
+    return run_cli(build_parser("corestream-train", "test", ["trainer.datasets.cli"]), argv)
 
 
 def read_rows(path: Path) -> list[dict]:

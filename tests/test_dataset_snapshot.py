@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from config.cli import build_parser, run_cli
-from models.records import parse_record
-from trainer.dataset import SkipCounter, clean_text, read_snapshot, snapshot_date
+from models.records.schema import parse_record
+from trainer.datasets.build import SkipCounter, clean_text, read_snapshot, snapshot_date
 
 # The public snapshot's shape (https://www.kaggle.com/datasets/Cornell-University/arxiv): categories a string.
 SNAPSHOT = [
@@ -46,7 +46,7 @@ def write_snapshot(path: Path, extra_lines: list[str] = ()) -> Path:
 
 
 def cli(argv: list[str]) -> int:
-    return run_cli(build_parser("corestream-train", "test", ["trainer.dataset_cli"]), argv)
+    return run_cli(build_parser("corestream-train", "test", ["trainer.datasets.cli"]), argv)
 
 
 def test_clean_text() -> None:

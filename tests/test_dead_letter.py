@@ -9,7 +9,7 @@ from confluent_kafka import Consumer
 
 from config.clients import make_producer
 from config.settings import load_settings
-from models.records import (
+from models.records.schema import (
     REASON_EMPTY,
     REASON_INVALID_JSON,
     REASON_INVALID_RECORD,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from elasticsearch import Elasticsearch
 
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 
 
 @pytest.mark.timeout(300)
@@ -62,7 +62,7 @@ def real_papers(path: Path, shared_data: Path | None, count: int) -> list[dict]:
         with gzip.open(shared_data / "arxiv-train.jsonl.gz", "rt") as handle:
             papers = [json.loads(line) for line in itertools.islice(handle, count)]
     else:
-        from trainer.sample import generate_sample
+        from trainer.datasets.sample import generate_sample
 
         papers = [{**record, "date": f"{2000 + i % 18}-{1 + i % 12:02d}-01"}
                   for i, record in enumerate(generate_sample(count, seed=5))]
@@ -73,7 +73,7 @@ def real_papers(path: Path, shared_data: Path | None, count: int) -> list[dict]:
 @pytest.mark.timeout(300)
 def test_demo_with_train_data_trains_on_it_and_classifies_held_out_papers(tmp_path: Path,
                                                                          shared_data: Path | None) -> None:
-    from trainer.train import train_model
+    from trainer.training.train import train_model
 
     data = tmp_path / "papers.jsonl"
     papers = real_papers(data, shared_data, 1040)

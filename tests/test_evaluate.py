@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.labels import CorenessProxy
-from models.predictor import Predictor
+from models.inference.predictor import Predictor
+from models.records.labels import CorenessProxy
 from trainer.cli import main
-from trainer.evaluate import build_report
-from trainer.sample import generate_sample, write_sample
-from trainer.train import to_records, train_model
+from trainer.datasets.sample import generate_sample, write_sample
+from trainer.datasets.training_data import to_records
+from trainer.evaluation.evaluate import build_report
+from trainer.training.train import train_model
 
 
 def test_metrics_match_a_case_worked_by_hand() -> None:

@@ -17,8 +17,8 @@ import pytest
 
 from config.clients import make_producer
 from config.settings import Settings
-from models.model_source import ModelSource
-from models.records import ClassificationResult
+from models.inference.source import ModelSource
+from models.records.schema import ClassificationResult
 from streaming.apps.faust_worker import EXIT_SINK_STOPPED, BatchHandler, create_app, faust_config
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.sinks import JsonlSink, SinkFailure, SinkUnavailable

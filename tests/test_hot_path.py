@@ -9,8 +9,8 @@ import json
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from models.predictor import Predictor
-from models.records import ClassificationResult, Record, parse_record
+from models.inference.predictor import Predictor
+from models.records.schema import ClassificationResult, Record, parse_record
 from streaming.observability.metrics import count_by_label, observe_many
 from streaming.pipeline import heap
 from tests.helpers_stream import tiny_model_dir

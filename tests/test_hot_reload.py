@@ -11,8 +11,8 @@ import boto3
 import pytest
 
 from config.settings import Settings
-from models.model_source import ModelSource
-from models.registry import ModelRegistry
+from models.inference.source import ModelSource
+from models.registry.store import ModelRegistry
 from streaming.observability.metrics import MODEL_METRICS, REGISTRY
 from tests import test_registry
 from tests.helpers_stream import (

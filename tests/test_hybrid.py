@@ -12,22 +12,22 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, MPNetConfig
 
-from models.checkpoint import load_checkpoint
-from models.embedding_cache import EmbeddingCache
-from models.hybrid import FrozenEncoder
-from models.labels import CorenessProxy
-from models.predictor import Predictor
-from models.records import CORENESS_LABELS
-from models.runtime import resolve_runtime
-from models.sparse_features import TfidfFeaturizer, fit_vocabulary
-from models.transformer import load_encoder
+from models.archs.checkpoint import load_checkpoint
+from models.archs.embedding_cache import EmbeddingCache
+from models.archs.hybrid import FrozenEncoder
+from models.archs.runtime import resolve_runtime
+from models.archs.sparse_features import TfidfFeaturizer, fit_vocabulary
+from models.archs.transformer import load_encoder
+from models.inference.predictor import Predictor
+from models.records.labels import CorenessProxy
+from models.records.schema import CORENESS_LABELS
 from tests.test_accuracy import _coreness_file, _dated_sample, assert_beats_trivial_baselines, real_or_sample_split
 from tests.test_models import _tiny_encoder
-from trainer.metrics import category_metrics
-from trainer.sample import generate_sample
-from trainer.thresholds import apply_thresholds
-from trainer.train import category_targets, to_records, train_model
-from trainer.training_data import held_out, load_records
+from trainer.datasets.sample import generate_sample
+from trainer.datasets.training_data import category_targets, held_out, load_records, to_records
+from trainer.evaluation.metrics import category_metrics
+from trainer.evaluation.thresholds import apply_thresholds
+from trainer.training.train import train_model
 
 
 def _tiny_encoder_with_weights(directory: Path, texts: list[str]) -> Path:

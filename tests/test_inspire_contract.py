@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from models.labels import CorenessProxy
+from models.records.labels import CorenessProxy
 from streaming.apps.api import create_app
 from tests.test_api import api_settings
-from trainer.sample import generate_sample
-from trainer.train import train_model
-from trainer.training_data import load_records
+from trainer.datasets.sample import generate_sample
+from trainer.datasets.training_data import load_records
+from trainer.training.train import train_model
 
 CLIENT_LABELS = {"core": "CORE", "non_core": "Non-CORE", "rejected": "Rejected"}
 PAPERS = 60  # of each kind

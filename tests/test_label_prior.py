@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.label_prior import MIN_TUNING_RECORDS, LabelPrior, primary_shares
-from trainer.train import train_model
-from trainer.train_config import TrainConfig, TrainingError
-from trainer.training_data import DatedRecord, load_records
+from trainer.datasets.training_data import DatedRecord, load_records
+from trainer.training.config import TrainConfig, TrainingError
+from trainer.training.label_prior import MIN_TUNING_RECORDS, LabelPrior, primary_shares
+from trainer.training.train import train_model
 
 
 def _paper(number: int, categories: list[str], date: str = "2017-06-01") -> DatedRecord:
@@ -89,7 +89,7 @@ def test_training_with_a_label_prior_on_real_papers(tmp_path: Path, shared_data:
     if shared_data is not None and (shared_data / "arxiv-train-large.jsonl.gz").exists():
         rows = _lines(shared_data / "arxiv-train-large.jsonl.gz", every=60, limit=6000)
     else:
-        from trainer.sample import generate_sample
+        from trainer.datasets.sample import generate_sample
 
         days = np.datetime64("2010-01-01") + np.arange(6000)
         rows = [{**row, "date": str(day)} for row, day in zip(generate_sample(6000, 0), days, strict=True)]

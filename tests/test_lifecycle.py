@@ -390,7 +390,7 @@ def test_a_processor_whose_sinks_hang_exits_with_the_stalled_status(noida, es_ur
 
 
 @pytest.mark.parametrize("prog, modules", [("corestream", ["streaming.apps.demo", "streaming.apps.ops"]),
-                                           ("corestream-train", ["trainer.train"])])
+                                           ("corestream-train", ["trainer.training.train"])])
 def test_log_level_and_config_are_accepted_before_and_after_the_command(prog: str, modules: list[str],
                                                                         tmp_path: Path) -> None:
     parser = build_parser(prog, "test", modules)

@@ -12,13 +12,13 @@ from sklearn.metrics import f1_score
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, PreTrainedTokenizerFast
 
-from models.bag import hashed_ngrams
-from models.labels import CorenessProxy
-from models.predictor import Predictor
-from models.records import Record
-from trainer.sample import generate_sample
-from trainer.train import category_targets, to_records, train_model
-from trainer.training_data import load_records
+from models.archs.bag import hashed_ngrams
+from models.inference.predictor import Predictor
+from models.records.labels import CorenessProxy
+from models.records.schema import Record
+from trainer.datasets.sample import generate_sample
+from trainer.datasets.training_data import category_targets, load_records, to_records
+from trainer.training.train import train_model
 
 
 def _train_and_test_records(shared_data: Path | None) -> tuple[list[Record], list[Record]]:
@@ -135,7 +135,7 @@ def test_odd_texts_still_get_a_prediction(tmp_path: Path, arch: str, params: dic
 def test_device_and_precision_choice() -> None:
     import torch
 
-    from models.device import autocast_dtype, resolve_device
+    from models.inference.device import autocast_dtype, resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else
                                       "mps" if torch.backends.mps.is_available() else "cpu")

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer
 
 from config.clients import make_admin
 from config.settings import load_settings
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 from streaming.cli import main
 
 
@@ -106,7 +106,7 @@ def test_produce_reports_missing_file_and_unreachable_broker(monkeypatch: pytest
 
 
 def test_classify_prints_result_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer.train import train_model
+    from trainer.training.train import train_model
 
     checkpoint = train_model(None, arch="bag", output_dir=tmp_path / "model", sample_count=300, epochs=1,
                              progress=False, name="cli-test", version="1")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.predictor import Predictor
+from models.inference.predictor import Predictor
 from tests.helpers_stream import tiny_model_dir
 
 

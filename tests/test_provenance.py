@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from models.checkpoint import read_checkpoint_config
-from models.provenance import GENERATED_SAMPLE, generated_sample_warning, trained_on, training_source
-from models.records import ClassificationResult
+from models.archs.checkpoint import read_checkpoint_config
+from models.records.schema import ClassificationResult
+from models.registry.provenance import GENERATED_SAMPLE, generated_sample_warning, trained_on, training_source
 from streaming.cli import main
 from tests.servers import corestream_serve
-from trainer.sample import generate_sample, write_sample
-from trainer.train import train_model
+from trainer.datasets.sample import generate_sample, write_sample
+from trainer.training.train import train_model
 
 TITLE = "Hilbert schemes of points on surfaces"
 ABSTRACT = "We compute the cohomology ring of the Hilbert scheme of points on a smooth projective surface."

@@ -1,4 +1,4 @@
-"""models.record_files: gzip by suffix or magic, numbered lines, bounded lines, skip counts by reason code."""
+"""models.records.files: gzip by suffix or magic, numbered lines, bounded lines, skip counts by reason code."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.record_files import GZIP_ERRORS, SkipCounts, count_lines, numbered_lines, open_text
-from models.records import DETAIL_NO_TEXT, REASON_INVALID_RECORD, RecordError, parse_record
+from models.records.files import GZIP_ERRORS, SkipCounts, count_lines, numbered_lines, open_text
+from models.records.schema import DETAIL_NO_TEXT, REASON_INVALID_RECORD, RecordError, parse_record
 
 
 def test_gzip_is_read_by_suffix_or_magic(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ import boto3
 import pytest
 
 from config.settings import Settings, load_settings
-from models.model_source import ModelLoadError, ModelSource
-from models.registry import ModelRegistry
+from models.inference.source import ModelLoadError, ModelSource
+from models.registry.store import ModelRegistry
 from tests.servers import MotoServer
 from trainer.cli import main as train_cli
-from trainer.sample import generate_sample
-from trainer.train import train_model
+from trainer.datasets.sample import generate_sample
+from trainer.training.train import train_model
 
 
 def tiny_model(out: Path, seed: int, drop_category: str | None = None) -> Path:
@@ -230,6 +230,6 @@ def test_local_checkpoint_and_missing_one(registry_env: Settings, checkpoints: d
 
 
 def _record():
-    from models.records import Record
+    from models.records.schema import Record
 
     return Record(id="r1", title="Black hole horizon", abstract="We study gravitational waves from a black hole.")

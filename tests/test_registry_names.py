@@ -13,9 +13,9 @@ import boto3
 import pytest
 
 from config.settings import Settings
-from models.model_source import ModelLoadError, ModelSource
-from models.registry import ModelRegistry, RegistryError
-from models.registry_names import InvalidNameError, check_name, check_version, path_under
+from models.inference.source import ModelLoadError, ModelSource
+from models.registry.names import InvalidNameError, check_name, check_version, path_under
+from models.registry.store import ModelRegistry, RegistryError
 from tests.test_registry import _restore_logging, cli, registry_env, tiny_model  # noqa: F401 - fixtures
 from trainer.backfill import Backfill
 

@@ -1,4 +1,5 @@
-"""The record schema (models/records.py): both input shapes, normalisation, and a precise error for each bad input."""
+"""The record schema (models/records/schema.py): both input shapes, normalisation, and a precise error for each bad
+input."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from models.records import (
+from models.records.schema import (
     REASON_EMPTY,
     REASON_INVALID_ID,
     REASON_INVALID_JSON,

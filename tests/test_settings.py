@@ -161,7 +161,7 @@ def test_yaml_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_cli_reports_settings_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    parser = build_parser("corestream-train", "test", ["trainer.dataset_cli"])
+    parser = build_parser("corestream-train", "test", ["trainer.datasets.cli"])
     assert run_cli(parser, ["--config", str(tmp_path / "nope.yaml"), "stats", "x.jsonl"]) == 2
     assert capsys.readouterr().err == f"corestream-train: error: config file not found: {tmp_path / 'nope.yaml'}\n"
     monkeypatch.setenv("CORESTREAM_KAFKA__INPUT_TOPICS", "not-json")

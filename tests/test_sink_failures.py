@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from config.clients import make_producer
 from config.settings import SettingsError, load_settings
-from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
+from models.records.schema import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
 from streaming.pipeline.dead_letters import MAX_ERROR_BYTES, DeadLetterError, DeadLetterWriter, build_dead_letter
 from streaming.pipeline.envelope import Batch, Envelope
 from streaming.pipeline.offsets import Ownership

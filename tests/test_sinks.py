@@ -15,7 +15,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from config.clients import es_client, make_producer
 from config.settings import Settings, load_settings
-from models.records import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
+from models.records.schema import ClassificationResult, CorenessResult, CorenessScores, ModelInfo
 from streaming.kafka import create_topics
 from streaming.observability.metrics import REGISTRY
 from streaming.sinks import ElasticsearchSink, JsonlSink, OutputTopicSink, SinkUnavailable, build_sinks

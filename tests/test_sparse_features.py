@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bag import words
-from models.linear import LinearClassifier
-from models.sparse_features import (
+from models.archs.bag import words
+from models.archs.linear import LinearClassifier
+from models.archs.sparse_features import (
     KeyTable,
     TermIndex,
     TfidfFeaturizer,
@@ -24,7 +24,7 @@ from models.sparse_features import (
     split_words,
     string_hashes,
 )
-from trainer.sample import generate_sample
+from trainer.datasets.sample import generate_sample
 
 ODD_TEXTS = [
     "",

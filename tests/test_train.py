@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from models.checkpoint import read_checkpoint_config
+from models.archs.checkpoint import read_checkpoint_config
 from trainer.cli import main
-from trainer.sample import write_sample
-from trainer.training_data import load_records, split_records
+from trainer.datasets.sample import write_sample
+from trainer.datasets.training_data import load_records, split_records
 
 FAST = ["--epochs", "1", "--no-progress", "--min-category-count", "2"]
 

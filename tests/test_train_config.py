@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.train_config import TrainConfig, TrainingError
+from trainer.training.config import TrainConfig, TrainingError
 
 
 def parse(*argv: str) -> TrainConfig:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from config.cli import build_parser, run_cli
-from trainer.split import stratified_split, time_split
-from trainer.undersample import category_counts, undersample
+from trainer.datasets.split import stratified_split, time_split
+from trainer.datasets.undersample import category_counts, undersample
 
 FREQUENT = {"hep-th": 400, "hep-ph": 300, "astro-ph.CO": 150}
 RARE = {"nucl-ex": 7, "physics.acc-ph": 3, "math.QA": 1}
@@ -36,7 +36,7 @@ def dataset(seed: int = 1) -> list[dict]:
 
 
 def cli(argv: list[str]) -> int:
-    return run_cli(build_parser("corestream-train", "test", ["trainer.dataset_cli"]), argv)
+    return run_cli(build_parser("corestream-train", "test", ["trainer.datasets.cli"]), argv)
 
 
 def write(path: Path, rows: list[dict]) -> Path:

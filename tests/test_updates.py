@@ -21,8 +21,8 @@ import pytest
 
 from config.clients import make_producer
 from config.settings import load_settings
-from models.predictor import Predictor
-from models.records import (
+from models.inference.predictor import Predictor
+from models.records.schema import (
     REASON_INVALID_RECORD,
     ClassificationResult,
     CorenessResult,

@@ -31,13 +31,13 @@ from tqdm import tqdm
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.intake import parse_input, skipped_source
-from models.model_source import ModelLoadError, ModelSource
-from models.record_files import count_lines, numbered_lines
-from models.records import REASON_OVERSIZE, Record, RecordError
-from models.registry import Manifest, RegistryError, build_manifest, default_creator
-from models.registry_names import check_name, path_under
-from models.s3 import S3Error, is_not_found, is_s3_url, parse_s3_url, s3_client, s3_errors
+from models.inference.source import ModelLoadError, ModelSource
+from models.records.files import count_lines, numbered_lines
+from models.records.intake import parse_input, skipped_source
+from models.records.schema import REASON_OVERSIZE, Record, RecordError
+from models.registry.names import check_name, path_under
+from models.registry.s3 import S3Error, is_not_found, is_s3_url, parse_s3_url, s3_client, s3_errors
+from models.registry.store import Manifest, RegistryError, build_manifest, default_creator
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Backfill:
                  batch_size: int) -> Iterator[tuple[list[Record], int]]:
         """``(records, number of the last input line consumed)``; invalid and skipped lines go into ``state``.
 
-        The stream's input rules (:mod:`models.intake`): a line is what a Kafka message value would be, and is
+        The stream's input rules (:mod:`models.records.intake`): a line is what a Kafka message value would be, and is
         skipped when its source is in ``skip_sources`` or the model's ``dont_run_on``."""
         batch: list[Record] = []
         line_no = state.lines_done

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from config.cli import build_parser, run_cli
 
 COMMAND_MODULES = [
-    "trainer.train",
-    "trainer.evaluate",
+    "trainer.training.train",
+    "trainer.evaluation.evaluate",
     "trainer.registry_cli",
     "trainer.backfill",
-    "trainer.dataset_cli",
+    "trainer.datasets.cli",
 ]
 
 

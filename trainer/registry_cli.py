@@ -8,8 +8,8 @@ from typing import Any
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.registry import Manifest, ModelRegistry, RegistryError
-from models.s3 import S3Error
+from models.registry.s3 import S3Error
+from models.registry.store import Manifest, ModelRegistry, RegistryError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def _registry_call(settings: Settings, call: Any) -> Any:
 
 
 def _push(args: argparse.Namespace, settings: Settings) -> int:
-    from models.registry import VersionMetadata
+    from models.registry.store import VersionMetadata
 
     meta = VersionMetadata(dont_run_on=args.dont_run_on, require_gpu=args.require_gpu)
     manifest = _registry_call(settings, lambda r: r.push(args.model_dir, args.name, metadata=meta))

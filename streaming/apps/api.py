@@ -48,10 +48,9 @@ from starlette.exceptions import HTTPException
 from config.cli import CommandError
 from config.logging import hide_value
 from config.settings import BatchSettings, Settings
-from models.intake import estimate_tokens, parse_input, skipped_source
-from models.model_source import ModelLoadError, ModelSource
-from models.provenance import generated_sample_warning
-from models.records import (
+from models.inference.source import ModelLoadError, ModelSource
+from models.records.intake import estimate_tokens, parse_input, skipped_source
+from models.records.schema import (
     ClassificationResult,
     CorenessLabel,
     CorenessScores,
@@ -59,6 +58,7 @@ from models.records import (
     Record,
     RecordError,
 )
+from models.registry.provenance import generated_sample_warning
 from streaming.apps.api_body import (
     FORM_TYPES,
     JSON_TYPES,

@@ -299,7 +299,7 @@ def _expect(text: str, index: int, char: str) -> int:
 
 def _reject_surrogates(value: Any) -> None:
     """ValueError if an object key holds a lone surrogate (a ``\\ud800`` escape). Values are left to the record
-    rules (:mod:`models.records`), as in the stream: refused in an id, replaced by U+FFFD in the text."""
+    rules (:mod:`models.records.schema`), as in the stream: refused in an id, replaced by U+FFFD in the text."""
     stack = [value]
     while stack:
         item = stack.pop()

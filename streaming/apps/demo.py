@@ -25,8 +25,8 @@ from config.cli import CommandError
 from config.clients import make_producer
 from config.logging import mask, setup_logging
 from config.settings import Settings
-from models.provenance import generated_sample_warning, trained_on
-from models.records import ClassificationResult, Record
+from models.records.schema import ClassificationResult, Record
+from models.registry.provenance import generated_sample_warning, trained_on
 from streaming.apps.embedded import EmbeddedBroker, EmbeddedBrokerError
 from streaming.kafka import create_topics, produce
 from streaming.observability.metrics import REGISTRY
@@ -63,7 +63,7 @@ def demo_settings(settings: Settings, bootstrap: str, model_dir: Path, output: P
 
 
 class Papers(list):
-    """Training records that name their source (the model card records it, see ``trainer.card``)."""
+    """Training records that name their source (the model card records it, see ``trainer.evaluation.card``)."""
 
     def __init__(self, records: list[Record], source: str) -> None:
         super().__init__(records)
@@ -73,7 +73,7 @@ class Papers(list):
 def real_split(path: Path, train_count: int, held_out_count: int) -> tuple[Papers, list[Record]]:
     """The ``held_out_count`` most recent usable papers of ``path`` (by date) to classify, and the
     ``train_count`` papers before them to train on."""
-    from trainer.training_data import DataError, load_records
+    from trainer.datasets.training_data import DataError, load_records
 
     try:
         papers = sorted(load_records(path), key=lambda r: (getattr(r, "date", None) or "", r.id))
@@ -94,9 +94,9 @@ def ensure_model(model_dir: Path, retrain: bool, train: Papers | None, sample_co
     generated records. With ``train`` (real papers): a checkpoint is reused only if it was trained on exactly
     those papers (its data fingerprint), else the default (linear) model is trained on them.
     """
-    from models.checkpoint import CheckpointError, read_checkpoint_config
-    from trainer.train import train_model
-    from trainer.training_data import fingerprint
+    from models.archs.checkpoint import CheckpointError, read_checkpoint_config
+    from trainer.datasets.training_data import fingerprint
+    from trainer.training.train import train_model
 
     config = None
     if not retrain and (model_dir / "config.json").exists():
@@ -123,7 +123,7 @@ def ensure_model(model_dir: Path, retrain: bool, train: Papers | None, sample_co
 
 def generated_records(count: int, seed: int) -> dict[str, dict]:
     """``count`` generated records by id (another seed than the demo model's training sample)."""
-    from trainer.sample import generate_sample
+    from trainer.datasets.sample import generate_sample
 
     return {record["id"]: record for record in generate_sample(count, seed=seed)}
 

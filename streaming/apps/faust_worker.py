@@ -6,8 +6,9 @@ For teams that deploy Faust workers::
     faust -A streaming.apps.faust_worker worker -l info
 
 The agent takes micro-batches with ``stream.take_events(max_batch_records, within=max_wait_ms)``, validates
-each message with the processor's input rules (:func:`streaming.pipeline.envelope.decode`, :mod:`models.intake`),
-classifies the valid records with the live model (:class:`models.model_source.ModelSource`, one
+each message with the processor's input rules (:func:`streaming.pipeline.envelope.decode`,
+:mod:`models.records.intake`),
+classifies the valid records with the live model (:class:`models.inference.source.ModelSource`, one
 ``current()`` per batch), writes the results to the same
 sinks (:func:`streaming.sinks.build_sinks`) and sends bad messages to the dead-letter topic
 (:class:`streaming.pipeline.dead_letters.DeadLetterWriter`), using the processor's own stages
@@ -40,7 +41,7 @@ import faust
 
 from config.cli import CommandError
 from config.settings import Settings, load_settings
-from models.model_source import ModelLoadError, ModelSource
+from models.inference.source import ModelLoadError, ModelSource
 from streaming.observability.metrics import BATCH_RECORDS, BATCH_TOKENS, RECORDS_CONSUMED
 from streaming.pipeline.dead_letters import DeadLetterWriter
 from streaming.pipeline.envelope import Batch, Envelope, decode

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from config.cli import CommandError
 from config.clients import make_producer
 from config.settings import ModelSettings, Settings
-from models.provenance import generated_sample_warning
-from models.record_files import numbered_lines, open_text
-from models.records import RecordError, parse_record
+from models.records.files import numbered_lines, open_text
+from models.records.schema import RecordError, parse_record
+from models.registry.provenance import generated_sample_warning
 from streaming.kafka import create_topics, produce, topic_names
 
 # --------------------------------------------------------------------------- reading record files
@@ -126,7 +126,7 @@ def _produce_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _classify_command(args: argparse.Namespace, settings: Settings) -> int:
-    from models.model_source import ModelLoadError, ModelSource  # imports torch: only when needed
+    from models.inference.source import ModelLoadError, ModelSource  # imports torch: only when needed
 
     try:
         record = parse_record({"id": args.id, "title": args.title, "abstract": args.abstract},

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 
 from config.cli import CommandError
 from config.settings import Settings
-from models.model_source import ModelLoadError
+from models.inference.source import ModelLoadError
 from streaming import lifecycle as lifecycles
 from streaming.kafka import create_topics
 from streaming.lifecycle import EXIT_OK, Lifecycle, StartupInterrupted

@@ -86,7 +86,7 @@ MODEL_RELOAD_FAILED = Gauge(
 
 
 class ModelMetrics:
-    """A model source's reports (``models.model_source.ModelSourceHooks``) as metrics: model info, reloads."""
+    """A model source's reports (``models.inference.source.ModelSourceHooks``) as metrics: model info, reloads."""
 
     def in_service(self, name: str, version: str, arch: str, device: str) -> None:
         MODEL_INFO.info({"name": name, "version": version, "arch": arch, "device": device})

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from config.settings import RecordSettings
-from models.intake import estimate_tokens, parse_input, skipped_source
-from models.records import ClassificationResult, Record, RecordError
+from models.records.intake import estimate_tokens, parse_input, skipped_source
+from models.records.schema import ClassificationResult, Record, RecordError
 from streaming.observability.metrics import RECORDS_SKIPPED
 from streaming.pipeline.offsets import TopicPartition
 
 if TYPE_CHECKING:
-    from models.model_source import ModelSource
+    from models.inference.source import ModelSource
 
 
 @dataclass(slots=True)
@@ -44,7 +44,7 @@ class Envelope:
 
 
 def decode(env: Envelope, records: RecordSettings, skip_sources: Collection[str], model_source: ModelSource) -> None:
-    """Validate ``env.value`` (:mod:`models.intake`): set ``record`` and its token estimate, or a ``rejection``
+    """Validate ``env.value`` (:mod:`models.records.intake`): set ``record`` and its token estimate, or a ``rejection``
     (-> dead letter), or ``skipped_source`` for records this model must not run on (counted in
     ``RECORDS_SKIPPED``)."""
     try:

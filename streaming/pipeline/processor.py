@@ -43,7 +43,7 @@ from streaming.pipeline.stages import InferenceStage, SinkStage, SinkStopped
 from streaming.sinks.base import Sink
 
 if TYPE_CHECKING:
-    from models.model_source import ModelSource
+    from models.inference.source import ModelSource
 
 log = logging.getLogger(__name__)
 

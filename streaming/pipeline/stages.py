@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, NamedTuple
 
 from config.settings import Settings
-from models.records import ClassificationResult, RecordError
+from models.records.schema import ClassificationResult, RecordError
 from streaming.observability.metrics import (
     END_TO_END_SECONDS,
     INFERENCE_SECONDS,
@@ -38,7 +38,7 @@ from streaming.pipeline.offsets import Ownership, TopicPartition
 from streaming.sinks.base import Sink, SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, result_bytes
 
 if TYPE_CHECKING:
-    from models.model_source import ModelSource
+    from models.inference.source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 
 MAX_ID_BYTES = 512  # Elasticsearch's limit for a document _id; a longer id is refused as one record
 

@@ -27,7 +27,7 @@ from elasticsearch import ApiError, BadRequestError, Elasticsearch, TransportErr
 
 from config.clients import es_client
 from config.settings import Settings
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 from streaming.observability.metrics import ES_BULK_SECONDS, SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkFatal, SinkUnavailable, backoff_delays, encoded_id
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 from streaming.observability.metrics import SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkUnavailable
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from models.records import ClassificationResult
+from models.records.schema import ClassificationResult
 from streaming.kafka import is_fatal, produce
 from streaming.observability.metrics import SINK_ERRORS
 from streaming.sinks.base import SinkFailure, SinkFatal, SinkUnavailable, encoded_id

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, thresholds, calibration, the model card, and ``corestream-train evaluate``."""

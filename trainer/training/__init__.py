@@ -1,0 +1,1 @@
+"""Training: ``corestream-train train``, its options, and one trainer per architecture behind one interface."""
