@@ -149,10 +149,17 @@ def reference(train_file: Path, inspire_file: Path | None, workdir: Path) -> Sco
     coreness = LogisticRegression(C=10, max_iter=1000).fit(features, [r.coreness for r in records + extra])
     train_seconds = time.monotonic() - started
 
+    return tfidf_scorer(vectorizer, categories, coreness, binarizer, 0.2, train_seconds)
+
+
+def tfidf_scorer(vectorizer, categories, coreness, binarizer, threshold: float, train_seconds: float) -> Scorer:
+    """A fitted TF-IDF reference as a :class:`Scorer`: the categories at or above ``threshold`` (else the best
+    one), and the coreness classifier's answer."""
+
     def predict(batch: Sequence[Record]) -> tuple[list[list[str]], list[str]]:
         x = vectorizer.transform([r.text for r in batch])
         probs = categories.predict_proba(x)
-        chosen = probs >= 0.2
+        chosen = probs >= threshold
         empty = ~chosen.any(1)
         chosen[empty, probs[empty].argmax(1)] = True
         return ([list(binarizer.classes_[row]) for row in chosen], list(coreness.predict(x)))
@@ -185,15 +192,7 @@ def sgd_reference(train_file: Path, inspire_file: Path | None, workdir: Path) ->
         features, [r.coreness for r in records + extra])
     train_seconds = time.monotonic() - started
 
-    def predict(batch: Sequence[Record]) -> tuple[list[list[str]], list[str]]:
-        x = vectorizer.transform([r.text for r in batch])
-        probs = categories.predict_proba(x)
-        chosen = probs >= 0.3
-        empty = ~chosen.any(1)
-        chosen[empty, probs[empty].argmax(1)] = True
-        return ([list(binarizer.classes_[row]) for row in chosen], list(coreness.predict(x)))
-
-    return Scorer(predict, train_seconds)
+    return tfidf_scorer(vectorizer, categories, coreness, binarizer, 0.3, train_seconds)
 
 
 CANDIDATES = [
