@@ -11,7 +11,7 @@ from config.settings import RecordSettings
 from models.records.intake import estimate_tokens, parse_input, skipped_source
 from models.records.schema import ClassificationResult, Record, RecordError
 from streaming.observability.metrics import RECORDS_SKIPPED
-from streaming.pipeline.offsets import TopicPartition
+from streaming.pipeline.offsets import Ownership, TopicPartition
 
 if TYPE_CHECKING:
     from models.inference.source import ModelSource
@@ -81,3 +81,8 @@ class Batch:
             positions[tp] = (max(env.offset + 1, positions.get(tp, (0, 0))[0]), env.epoch)
             assignments.add((tp, env.epoch))
         self.tokens, self.positions, self.assignments = tokens, positions, assignments
+
+    def ended(self, ownership: Ownership) -> set[tuple[TopicPartition, int]]:
+        """The ``(tp, epoch)`` pairs of :attr:`assignments` that ``ownership`` no longer holds (checked per pair, not
+        per record)."""
+        return {pair for pair in self.assignments if not ownership.owns(*pair)}

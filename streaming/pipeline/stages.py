@@ -113,7 +113,7 @@ class InferenceStage(Stage):
         self._predictor: object = None
 
     def handle(self, batch: Batch) -> None:
-        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}  # per batch, not per record
+        gone = batch.ended(self.ownership)
         if gone:
             batch.items = [env for env in batch.items if (env.tp, env.epoch) not in gone]
         todo = [env for env in batch.items if env.to_classify]
@@ -402,7 +402,7 @@ class SinkStage(Stage):
         """``todo`` less the results read under an assignment that has ended (revoked, or revoked and assigned
         again since), noted in ``lost``: no attempt starts for them, so a revoked member's late write cannot land
         after the new owner's."""
-        gone = {pair for pair in batch.assignments if not self.ownership.owns(*pair)}
+        gone = batch.ended(self.ownership)
         if not gone:
             return todo
         latest = {env.result.id: env for env in batch.items if env.result is not None}  # whose result is written
